@@ -1,0 +1,86 @@
+"""Command-line interface: ``mixedfx fit DATA FORMULA [options]``.
+
+DATA is a ``.csv``/``.tsv``, ``.dta`` or ``.parquet`` file, or the name of a bundled data
+set (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``).  Errors print one
+line on stderr and exit with status 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import MixedFXError
+
+
+def _load(source: str):
+    """A data file, or a bundled data set when no such file exists."""
+    from . import datasets
+    from .io import read_data
+
+    if not Path(source).exists() and source in datasets.NAMES:
+        return datasets.load(source)
+    return read_data(source)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixedfx", description="Linear mixed-effects models (lme4 formula syntax).")
+    parser.add_argument("--version", action="version", version=f"mixedfx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit a linear mixed model and print its summary or JSON")
+    fit.add_argument("data", help="data file (.csv, .tsv, .dta, .parquet) or bundled data set name")
+    fit.add_argument("formula", help="lme4 formula, e.g. 'y ~ x + (1 + x | g)'")
+    fit.add_argument("--method", default="reml", choices=["reml", "ml"], help="estimation method (default reml)")
+    fit.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
+    fit.add_argument("--ranef", action="store_true", help="with --json, include BLUPs and conditional SDs")
+    fit.add_argument("--weights", help="column of observation weights (residual variance sigma^2/w)")
+    fit.add_argument("--level", type=float, default=95.0, help="confidence level in percent (default 95)")
+    fit.add_argument("--stddev", action="store_true", help="report SDs and correlations instead of variances")
+    fit.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from .model import fit
+
+    if not 0 < args.level < 100:
+        raise MixedFXError(f"--level must be between 0 and 100, not {args.level}.")
+    data = _load(args.data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(args.formula, data, method=args.method, weights=args.weights)
+    for w in caught:
+        print(f"mixedfx: warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(ranef=args.ranef), indent=2))
+    else:
+        print(result.summary(level=args.level / 100, scale="sd" if args.stddev else "var"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mixedfx`` command; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return _run_fit(args)
+    except MixedFXError as exc:
+        if args.debug:
+            raise
+        print(f"mixedfx: error: {' '.join(str(exc).split()) if chr(10) not in str(exc) else str(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI promises no tracebacks without --debug
+        if args.debug:
+            raise
+        print(
+            f"mixedfx: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

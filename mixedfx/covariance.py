@@ -1,0 +1,142 @@
+"""Covariance structures for the random effects of one term (Stata's ``covariance()``).
+
+Each structure maps a parameter vector ``theta`` to a *relative covariance factor*
+``Lambda`` (q x q) with ``G = sigma^2 * Lambda @ Lambda.T``, where ``sigma^2`` is the
+residual variance.  Working relative to ``sigma`` lets the likelihood profile ``sigma``
+out, as lme4 and MixedModels.jl do.
+
+=============  ===========================================  ======================
+structure      G / sigma^2                                  parameters
+=============  ===========================================  ======================
+identity       t^2 I                                        1: t >= 0
+independent    diag(t_1^2, ..., t_q^2)                      q: t_k >= 0
+exchangeable   t^2 ((1 - r) I + r J)                        2: t >= 0, r in (-1/(q-1), 1)
+unstructured   L L', L lower triangular                     q(q+1)/2, diag(L) >= 0
+=============  ===========================================  ======================
+
+The unstructured parameters are lme4's ``theta``: the lower triangle of ``L`` column by
+column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import OptionError
+
+#: Stata and lme4 spellings accepted for each structure.
+ALIASES = {
+    "identity": "identity",
+    "id": "identity",
+    "iden": "identity",
+    "independent": "independent",
+    "ind": "independent",
+    "indep": "independent",
+    "diagonal": "independent",
+    "diag": "independent",
+    "exchangeable": "exchangeable",
+    "exc": "exchangeable",
+    "exch": "exchangeable",
+    "cs": "exchangeable",
+    "unstructured": "unstructured",
+    "un": "unstructured",
+    "uns": "unstructured",
+}
+
+TITLES = {
+    "identity": "Identity",
+    "independent": "Independent",
+    "exchangeable": "Exchangeable",
+    "unstructured": "Unstructured",
+}
+
+
+def canonical_structure(name: str) -> str:
+    """Return the canonical structure name for a Stata/lme4 spelling, or raise."""
+    key = str(name).strip().lower()
+    if key not in ALIASES:
+        raise OptionError(
+            f"Unknown covariance structure {name!r}; choose identity, independent, exchangeable or unstructured."
+        )
+    return ALIASES[key]
+
+
+@dataclass(frozen=True)
+class CovStructure:
+    """A covariance structure of dimension ``q`` (see the module docstring)."""
+
+    kind: str
+    q: int
+
+    @property
+    def n_params(self) -> int:
+        """Number of free parameters in ``theta``."""
+        return {
+            "identity": 1,
+            "independent": self.q,
+            "exchangeable": 2 if self.q > 1 else 1,
+            "unstructured": self.q * (self.q + 1) // 2,
+        }[self.kind]
+
+    def lower_bounds(self) -> np.ndarray:
+        """Lower bounds of ``theta`` (``-inf`` where unbounded)."""
+        if self.kind == "unstructured":
+            rows, cols = _tril_indices_colwise(self.q)
+            return np.where(rows == cols, 0.0, -np.inf)
+        if self.kind == "exchangeable" and self.q > 1:
+            return np.array([0.0, -1.0 / (self.q - 1) + 1e-8])
+        return np.zeros(self.n_params)
+
+    def upper_bounds(self) -> np.ndarray:
+        """Upper bounds of ``theta`` (``+inf`` where unbounded)."""
+        if self.kind == "exchangeable" and self.q > 1:
+            return np.array([np.inf, 1.0 - 1e-8])
+        return np.full(self.n_params, np.inf)
+
+    def start(self) -> np.ndarray:
+        """Starting values: ``Lambda = I`` (relative SDs one, no correlation), as lme4."""
+        if self.kind == "unstructured":
+            rows, cols = _tril_indices_colwise(self.q)
+            return (rows == cols).astype(float)
+        if self.kind == "exchangeable" and self.q > 1:
+            return np.array([1.0, 0.0])
+        return np.ones(self.n_params)
+
+    def factor(self, theta: np.ndarray) -> np.ndarray:
+        """Relative covariance factor ``Lambda`` (q x q) for parameters ``theta``."""
+        q = self.q
+        if self.kind == "identity":
+            return theta[0] * np.eye(q)
+        if self.kind == "independent":
+            return np.diag(theta)
+        if self.kind == "exchangeable":
+            if q == 1:
+                return np.array([[theta[0]]])
+            # Symmetric square root of (1 - r) I + r J, from its two eigenvalues; it stays
+            # defined (and continuous) as r reaches its bounds, where a Cholesky factor would not.
+            t, r = theta
+            a = np.sqrt(max(1.0 - r, 0.0))
+            b = np.sqrt(max(1.0 + (q - 1) * r, 0.0))
+            return t * (a * np.eye(q) + (b - a) / q * np.ones((q, q)))
+        rows, cols = _tril_indices_colwise(q)
+        lam = np.zeros((q, q))
+        lam[rows, cols] = theta
+        return lam
+
+    def on_boundary(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
+        """True when the structure is singular at ``theta`` (lme4's ``isSingular`` rule)."""
+        lower = self.lower_bounds()
+        finite = np.isfinite(lower)
+        if np.any(np.abs(theta[finite] - lower[finite]) < tol):
+            return True
+        if self.kind == "exchangeable" and self.q > 1:
+            return bool(theta[1] > 1 - tol)
+        return False
+
+
+def _tril_indices_colwise(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a q x q lower triangle, column by column (lme4's order)."""
+    cols, rows = np.triu_indices(q)
+    return rows, cols

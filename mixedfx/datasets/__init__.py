@@ -1,0 +1,81 @@
+"""Data sets bundled with mixedfx (the lecture's two case studies and lme4 classics).
+
+Each loader returns a fresh DataFrame; files live inside the package, so they work
+without network access.
+
+- :func:`load_exam`: Inner-London schools, 4,059 students in 65 schools (mlmRev ``Exam``),
+  with the lecture's ``gcse = 10 * normexam``, ``lrt = 10 * standLRT`` and
+  ``lrt_groupc = lrt - mean(lrt within school)``.
+- :func:`load_asian`: growth of 568 Asian children weighed at up to five visits, with
+  ``age_c = age - 1``, ``age_sp = max(age_c, 0)`` (spline knot at one year), ``girl``,
+  ``age_c_girl`` and ``age_sp_girl``.  Age in years, weight in kg.
+- :func:`load_sleepstudy`, :func:`load_pastes`, :func:`load_penicillin`: lme4's data sets.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["load_exam", "load_asian", "load_sleepstudy", "load_pastes", "load_penicillin", "load", "NAMES"]
+
+
+def _read(name: str, **kwargs: object) -> pd.DataFrame:
+    with files(__name__).joinpath(name).open("rb") as handle:
+        return pd.read_csv(handle, **kwargs)
+
+
+def load_exam() -> pd.DataFrame:
+    """The schools data with the lecture's derived variables (see the module docstring)."""
+    d = _read("exam.csv", dtype={"school": str, "student": str})
+    d["school"] = pd.Categorical(d["school"], categories=sorted(d["school"].unique(), key=int))
+    d["gcse"] = 10 * d["normexam"]
+    d["lrt"] = 10 * d["standLRT"]
+    d["lrt_groupc"] = d["lrt"] - d.groupby("school", observed=True)["lrt"].transform("mean")
+    return d
+
+
+def load_asian() -> pd.DataFrame:
+    """The children's growth data with the lecture's spline variables."""
+    d = _read("asian.csv")
+    d["age_c"] = d["age"] - 1
+    d["age_sp"] = np.maximum(d["age_c"], 0.0)
+    d["girl"] = (d["gender"] == 2).astype(float)
+    d["age_c_girl"] = d["age_c"] * d["girl"]
+    d["age_sp_girl"] = d["age_sp"] * d["girl"]
+    return d
+
+
+def load_sleepstudy() -> pd.DataFrame:
+    """Reaction times (ms) of 18 subjects over 10 days of sleep deprivation."""
+    return _read("sleepstudy.csv", dtype={"Subject": str})
+
+
+def load_pastes() -> pd.DataFrame:
+    """Paste strength: 3 casks nested in each of 10 batches, 2 samples per cask."""
+    return _read("pastes.csv")
+
+
+def load_penicillin() -> pd.DataFrame:
+    """Penicillin assay: 24 plates crossed with 6 samples."""
+    return _read("penicillin.csv")
+
+
+NAMES = {
+    "exam": load_exam,
+    "asian": load_asian,
+    "sleepstudy": load_sleepstudy,
+    "pastes": load_pastes,
+    "penicillin": load_penicillin,
+}
+
+
+def load(name: str) -> pd.DataFrame:
+    """Load a bundled data set by name (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``)."""
+    if name not in NAMES:
+        from ..errors import DataError, suggest
+
+        raise DataError(f"No bundled data set {name!r}; choose one of {', '.join(NAMES)}.{suggest(name, NAMES)}")
+    return NAMES[name]()

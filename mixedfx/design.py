@@ -1,0 +1,355 @@
+"""Design matrices of a mixed model: response, fixed effects X and random effects Z.
+
+Builds everything the likelihood needs from a parsed formula and a DataFrame:
+
+- listwise deletion of rows with missing values in any variable the model uses (counted);
+- ``X`` through formulaic (treatment coding, interactions, transformations), with aliased
+  columns dropped as lme4 does;
+- one :class:`ReBlock` per grouping factor, holding the columns of every random term on
+  that factor (so ``(1|g) + (0 + x|g)`` shares one block with a block-diagonal factor);
+- optional observation weights ``w`` (residual variance ``sigma^2 / w``).
+
+Column names follow lme4: ``(Intercept)``, ``sexM``, ``lrt:sexM``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula, model_matrix
+from formulaic.errors import FormulaicError
+
+from .covariance import CovStructure, canonical_structure
+from .errors import DataError, FormulaError, RankDeficiencyWarning, suggest
+from .formula import ParsedFormula, RandomTerm
+
+#: Relative tolerance for detecting aliased fixed-effect columns (lme4 uses 1e-7).
+RANK_TOLERANCE = 1e-7
+
+
+@dataclass
+class ReTerm:
+    """Columns of one random term inside its block, with their covariance structure."""
+
+    expr: str
+    names: list[str]
+    structure: CovStructure
+    columns: slice
+    spec: object = None  # formulaic ModelSpec, to rebuild the columns for new data
+
+
+@dataclass
+class ReBlock:
+    """All random effects on one grouping factor.
+
+    ``Z`` is n x q (the columns of all the block's terms side by side), ``codes`` gives each
+    row's level (0 .. n_levels-1) and ``levels`` the level labels.
+    """
+
+    name: str
+    factor: tuple[str, ...]
+    codes: np.ndarray
+    levels: list[str]
+    Z: np.ndarray
+    terms: list[ReTerm] = field(default_factory=list)
+
+    @property
+    def q(self) -> int:
+        """Number of random effects per level."""
+        return self.Z.shape[1]
+
+    @property
+    def n_levels(self) -> int:
+        """Number of levels (clusters) of the grouping factor."""
+        return len(self.levels)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the block's random effects, term by term."""
+        return [name for term in self.terms for name in term.names]
+
+    def factor_matrix(self, theta: np.ndarray) -> np.ndarray:
+        """Block-diagonal relative covariance factor of the block for its parameters ``theta``."""
+        lam = np.zeros((self.q, self.q))
+        start = 0
+        for term in self.terms:
+            k = term.structure.n_params
+            lam[term.columns, term.columns] = term.structure.factor(theta[start : start + k])
+            start += k
+        return lam
+
+    @property
+    def n_params(self) -> int:
+        """Number of covariance parameters of the block."""
+        return sum(term.structure.n_params for term in self.terms)
+
+
+@dataclass
+class Design:
+    """Numeric form of a mixed model on the rows that survive listwise deletion."""
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    fixed_names: list[str]
+    blocks: list[ReBlock]
+    weights: np.ndarray | None
+    n_missing: int
+    dropped_fixed: list[str]
+    row_index: pd.Index
+    fixed_spec: object = None
+    response_name: str = ""
+
+    @property
+    def nobs(self) -> int:
+        """Number of observations used in the fit."""
+        return len(self.y)
+
+
+def lme4_name(name: str) -> str:
+    """Translate a formulaic column name into lme4's: ``sex[T.M]`` -> ``sexM``."""
+    if name == "Intercept":
+        return "(Intercept)"
+    name = re.sub(r"\[T\.([^\]]*)\]", r"\1", name)
+    return re.sub(r"\[([^\]]*)\]", r"\1", name)
+
+
+def _required_variables(expr: str, where: str) -> set[str]:
+    """Variables an expression uses, according to formulaic (raises FormulaError if it cannot parse)."""
+    try:
+        return {str(v) for v in Formula(expr).required_variables}
+    except (FormulaicError, SyntaxError, ValueError) as exc:
+        raise FormulaError(f"Cannot parse {where} {expr!r}: {exc}") from exc
+
+
+def _check_columns(variables: set[str], data: pd.DataFrame, where: str) -> None:
+    """Raise DataError for a variable that is not a column of ``data`` (with suggestions)."""
+    import builtins
+
+    columns = [str(c) for c in data.columns]
+    for var in sorted(variables):
+        if var in columns or hasattr(np, var) or hasattr(builtins, var) or var in ("np", "C", "I"):
+            continue
+        raise DataError(f"Unknown variable {var!r} in {where}: no such column in the data.{suggest(var, columns)}")
+
+
+def _complete_rows(data: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Boolean mask of rows with no missing value in ``columns``; errors on infinite values."""
+    mask = pd.Series(True, index=data.index)
+    for col in columns:
+        values = data[col]
+        mask &= values.notna()
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            numeric = values.to_numpy(dtype=float, na_value=np.nan)
+            bad = np.isinf(numeric)
+            if bad.any():
+                row = data.index[np.argmax(bad)]
+                raise DataError(f"Column {col!r} has infinite values (first at row {row!r}); remove or recode them.")
+    return mask
+
+
+def _level_label(value: object) -> str:
+    """Label of a grouping level as R prints it (``3`` rather than ``3.0``)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Integer codes and labels of a (possibly interaction) grouping factor."""
+    if len(factor) == 1:
+        codes, uniques = pd.factorize(data[factor[0]], sort=True)
+        return codes.astype(np.int64), [_level_label(u) for u in uniques]
+    labels = data[list(factor)].apply(lambda col: col.map(_level_label)).agg(":".join, axis=1)
+    codes, uniques = pd.factorize(labels, sort=True)
+    return codes.astype(np.int64), [str(u) for u in uniques]
+
+
+def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str], object]:
+    """Response vector, fixed-effects matrix, its lme4 column names and formulaic spec."""
+    try:
+        matrices = model_matrix(parsed.fixed_formula, data, na_action="raise")
+    except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
+        raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed_formula}': {exc}") from exc
+    lhs = matrices.lhs
+    if lhs.shape[1] != 1:
+        raise DataError(
+            f"The response {parsed.response!r} must be one numeric column, but it expands to "
+            f"{lhs.shape[1]} columns ({', '.join(map(str, lhs.columns))}): is it a text/categorical column?"
+        )
+    y = np.asarray(lhs, dtype=float).ravel()
+    rhs = matrices.rhs
+    X = np.asarray(rhs, dtype=float)
+    return y, X, [lme4_name(str(c)) for c in rhs.columns], rhs.model_spec
+
+
+def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop columns of X that are (numerically) linear combinations of earlier columns.
+
+    The diagonal of R in an unpivoted QR is the norm of each column's residual after
+    projection on the columns before it, so small ``|R_jj|`` relative to ``||X_j||`` marks
+    an aliased column while keeping the earlier ones, as lme4 does.
+    """
+    if X.shape[1] == 0:
+        return X, names, []
+    norms = np.linalg.norm(X, axis=0)
+    r = np.linalg.qr(X / np.where(norms > 0, norms, 1.0), mode="r")
+    keep = (np.abs(np.diag(r)) > RANK_TOLERANCE) & (norms > 0)
+    dropped = [n for n, k in zip(names, keep) if not k]
+    if dropped:
+        warnings.warn(
+            f"Fixed-effects design is rank deficient: dropping {len(dropped)} column(s) "
+            f"aliased with earlier ones: {', '.join(dropped)}.",
+            RankDeficiencyWarning,
+            stacklevel=3,
+        )
+    return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
+
+
+def _term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list[str], object]:
+    """Columns of a random term's expression (``1 + x`` etc.) and their lme4 names."""
+    try:
+        mm = model_matrix(term.expr, data, na_action="raise")
+    except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
+        raise FormulaError(f"Cannot build random term ({term.expr} | {term.group_name}): {exc}") from exc
+    Z = np.asarray(mm, dtype=float)
+    if Z.shape[1] == 0:
+        raise FormulaError(f"Random term ({term.expr} | {term.group_name}) has no columns.")
+    return Z, [lme4_name(str(c)) for c in mm.columns], mm.model_spec
+
+
+def _resolve_structure(term: RandomTerm, q: int, covariance: dict[str, str] | None) -> CovStructure:
+    """Covariance structure of a term: the user's choice for its factor, else the formula's."""
+    kind = term.covariance
+    if covariance:
+        for key in (term.group_name, term.factor[0]):
+            if key in covariance:
+                kind = canonical_structure(covariance[key])
+                break
+    return CovStructure(kind, q)
+
+
+def _build_blocks(
+    parsed: ParsedFormula, data: pd.DataFrame, nobs: int, covariance: dict[str, str] | None
+) -> list[ReBlock]:
+    """Group the random terms by grouping factor and build each block's Z and codes."""
+    blocks: dict[str, ReBlock] = {}
+    for term in parsed.random:
+        Z, names, spec = _term_columns(term, data)
+        block = blocks.get(term.group_name)
+        if block is None:
+            codes, levels = _group_codes(data, term.factor)
+            block = ReBlock(term.group_name, term.factor, codes, levels, np.empty((nobs, 0)))
+            blocks[term.group_name] = block
+        start = block.q
+        block.Z = np.hstack([block.Z, Z])
+        structure = _resolve_structure(term, Z.shape[1], covariance)
+        block.terms.append(ReTerm(term.expr, names, structure, slice(start, start + Z.shape[1]), spec))
+    ordered = sorted(blocks.values(), key=lambda b: -b.n_levels)  # lme4's order: most levels first
+    for block in ordered:
+        _check_block(block, nobs)
+    return ordered
+
+
+def _check_block(block: ReBlock, nobs: int) -> None:
+    """Refuse grouping factors that cannot be estimated (one level, or as many levels as rows)."""
+    if block.n_levels < 2:
+        raise DataError(
+            f"Grouping factor {block.name!r} has only {block.n_levels} level in the data used: "
+            "a random effect needs at least two clusters."
+        )
+    if block.n_levels >= nobs:
+        raise DataError(
+            f"Grouping factor {block.name!r} has {block.n_levels} levels for {nobs} observations "
+            "(every cluster has one observation): its variance cannot be separated from the residual."
+        )
+    if block.q * block.n_levels >= nobs:
+        raise DataError(
+            f"{nobs} observations are not more than the {block.q * block.n_levels} random effects of "
+            f"({' + '.join(block.names)} | {block.name}): the random-effects parameters and the residual "
+            "variance are unidentifiable."
+        )
+
+
+def _weights_vector(weights: object, data: pd.DataFrame, mask: pd.Series) -> np.ndarray | None:
+    """Observation weights on the used rows (a column name or an array), validated positive."""
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        w = pd.to_numeric(data.loc[mask, weights], errors="coerce").to_numpy(dtype=float)
+        label = f"weights column {weights!r}"
+    else:
+        w_all = np.asarray(weights, dtype=float)
+        if w_all.shape != (len(data),):
+            raise DataError(f"weights has {w_all.size} values for {len(data)} rows of data.")
+        w = w_all[mask.to_numpy()]
+        label = "weights"
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise DataError(f"{label} must be positive and finite for every row used.")
+    return w
+
+
+def build_design(
+    parsed: ParsedFormula,
+    data: pd.DataFrame,
+    weights: object = None,
+    covariance: dict[str, str] | None = None,
+    missing: str = "drop",
+) -> Design:
+    """Build the :class:`Design` of ``parsed`` on ``data``.
+
+    ``missing="drop"`` deletes incomplete rows listwise (and counts them);
+    ``missing="raise"`` refuses data with missing values in the model's variables.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame or a file path, not {type(data).__name__}.")
+    if len(data) == 0:
+        raise DataError("The data set is empty.")
+    data = data.rename(columns=str) if not all(isinstance(c, str) for c in data.columns) else data
+    fixed_vars = _required_variables(parsed.fixed_formula, "the fixed part")
+    _check_columns(fixed_vars, data, "the fixed part")
+    variables = set(fixed_vars)
+    for term in parsed.random:
+        term_vars = _required_variables(term.expr, f"random term ({term.expr} | {term.group_name})")
+        _check_columns(term_vars | set(term.factor), data, f"random term ({term.expr} | {term.group_name})")
+        variables |= term_vars | set(term.factor)
+    if isinstance(weights, str):
+        _check_columns({weights}, data, "weights")
+        variables.add(weights)
+    used = [c for c in data.columns if c in variables]
+    mask = _complete_rows(data, used)
+    n_missing = int((~mask).sum())
+    if n_missing and missing == "raise":
+        raise DataError(f"{n_missing} rows have missing values in the model's variables (missing='raise').")
+    if not mask.any():
+        raise DataError(
+            "No complete rows: every row has a missing value in one of " + ", ".join(repr(c) for c in used) + "."
+        )
+    frame = data.loc[mask, used]
+    if frame.select_dtypes(include="category").shape[1]:
+        frame = frame.copy()
+        for col in frame.select_dtypes(include="category"):
+            frame[col] = frame[col].cat.remove_unused_categories()
+    y, X, names, spec = _fixed_matrices(parsed, frame)
+    X, names, dropped = _drop_aliased(X, names)
+    blocks = _build_blocks(parsed, frame, len(y), covariance)
+    n_params = X.shape[1] + 1
+    if len(y) <= n_params:
+        raise DataError(f"{len(y)} observations are too few for {n_params} fixed-effect and residual parameters.")
+    return Design(
+        formula=parsed,
+        y=y,
+        X=X,
+        fixed_names=names,
+        blocks=blocks,
+        weights=_weights_vector(weights, data, mask),
+        n_missing=n_missing,
+        dropped_fixed=dropped,
+        row_index=frame.index,
+        fixed_spec=spec,
+        response_name=parsed.response,
+    )

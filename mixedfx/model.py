@@ -1,0 +1,115 @@
+"""Fitting a linear mixed model: ``mixedfx.fit(formula, data, method=...)``.
+
+The steps: parse the formula, build the design (listwise deletion, X, Z), standardise X
+and y, reduce the rows to sufficient statistics, maximise the profiled (restricted)
+log-likelihood over the relative covariance parameters, and wrap the optimum in a
+:class:`~mixedfx.results.MixedResults`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .design import Design, build_design
+from .errors import ConvergenceWarning, FormulaError, OptionError, SingularFitWarning
+from .formula import parse_formula
+from .io import read_data
+from .likelihood import ProfiledDeviance
+from .optimize import minimize_deviance
+from .results import MixedResults
+from .stats import compute_stats, standardise
+
+
+def _check_method(method: str) -> bool:
+    """True for REML, False for ML; raises on anything else."""
+    key = str(method).strip().lower()
+    if key in ("reml", "restricted"):
+        return True
+    if key in ("ml", "mle"):
+        return False
+    raise OptionError(f"Unknown method {method!r}: use 'reml' or 'ml'.")
+
+
+def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object]:
+    """Standardise the design, reduce it to sufficient statistics and return the deviance."""
+    Xs, ys, scaling = standardise(design.X, design.y)
+    stats = compute_stats(
+        [b.codes for b in design.blocks],
+        [b.Z for b in design.blocks],
+        [b.n_levels for b in design.blocks],
+        Xs,
+        ys,
+        design.weights,
+    )
+    factors = [(b.n_params, b.factor_matrix) for b in design.blocks]
+    return ProfiledDeviance(stats, factors, reml), scaling
+
+
+def theta_bounds(design: Design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, lower and upper bounds of theta, block by block, term by term."""
+    structures = [t.structure for b in design.blocks for t in b.terms]
+    start = np.concatenate([s.start() for s in structures])
+    lower = np.concatenate([s.lower_bounds() for s in structures])
+    upper = np.concatenate([s.upper_bounds() for s in structures])
+    return start, lower, upper
+
+
+def fit(
+    formula: str,
+    data: pd.DataFrame | str | Path,
+    method: str = "reml",
+    weights: str | np.ndarray | None = None,
+    covariance: dict[str, str] | None = None,
+    missing: str = "drop",
+    start: np.ndarray | None = None,
+) -> MixedResults:
+    """Fit a linear mixed model by REML (default) or ML.
+
+    Parameters
+    ----------
+    formula:
+        lme4 syntax, e.g. ``"gcse ~ lrt + (1 + lrt | school)"``.
+    data:
+        a DataFrame, or the path of a ``.csv``, ``.dta`` or ``.parquet`` file.
+    method:
+        ``"reml"`` or ``"ml"``.
+    weights:
+        column name or array of positive weights ``w``: residual variance ``sigma^2 / w``.
+    covariance:
+        covariance structure per grouping factor, overriding the formula's
+        (``{"school": "exchangeable"}``): identity, independent, exchangeable, unstructured.
+    missing:
+        ``"drop"`` (listwise deletion, reported) or ``"raise"``.
+    start:
+        starting values of theta (default: relative covariance factor = identity).
+    """
+    reml = _check_method(method)
+    if missing not in ("drop", "raise"):
+        raise OptionError(f"missing must be 'drop' or 'raise', not {missing!r}.")
+    frame = read_data(data)
+    parsed = parse_formula(formula)
+    if not parsed.random:
+        raise FormulaError(f"The formula {formula!r} has no random-effects term; add one such as (1 | group).")
+    design = build_design(parsed, frame, weights=weights, covariance=covariance, missing=missing)
+    deviance, scaling = build_deviance(design, reml)
+    theta0, lower, upper = theta_bounds(design)
+    if start is not None:
+        theta0 = np.asarray(start, dtype=float)
+        if theta0.shape != lower.shape:
+            raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
+    report = minimize_deviance(deviance, theta0, lower, upper)
+    result = MixedResults(design, deviance, scaling, report, reml)
+    if not report.converged:
+        warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=2)
+    if result.singular:
+        warnings.warn(
+            "Boundary (singular) fit: a variance is estimated as zero or a correlation as +-1; "
+            "see fit.varcorr and consider a simpler random-effects structure.",
+            SingularFitWarning,
+            stacklevel=2,
+        )
+    return result

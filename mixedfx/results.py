@@ -1,0 +1,233 @@
+"""The fitted-model object returned by :func:`mixedfx.fit`.
+
+All estimates are on the original scale of the data (the engine works on standardised
+X and y; :class:`~mixedfx.stats.Scaling` maps back).  Variance components follow lme4's
+layout in :attr:`MixedResults.varcorr`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from .design import Design
+from .likelihood import ProfiledDeviance, Solution
+from .optimize import OptimumReport
+from .stats import Scaling
+
+
+class MixedResults:
+    """A fitted linear mixed model.
+
+    Attributes
+    ----------
+    loglik: maximised log-likelihood (ML) or restricted log-likelihood (REML).
+    fixef, se: fixed effects and their standard errors (pandas Series).
+    vcov: covariance matrix of the fixed effects (DataFrame).
+    sigma: residual standard deviation.
+    theta: relative covariance parameters (lme4's theta for unstructured terms).
+    varcorr: variance components, one row per variance, covariance and the residual,
+        columns ``group, var1, var2, vcov, sdcor`` (as lme4's ``as.data.frame(VarCorr())``).
+    nobs, ngroups: number of observations and of groups per grouping factor.
+    converged: whether the optimiser met its convergence criteria.
+    """
+
+    def __init__(self, design: Design, deviance: ProfiledDeviance, scaling: Scaling, report: OptimumReport, reml: bool):
+        self.design = design
+        self.deviance_function = deviance
+        self.scaling = scaling
+        self.optimum = report
+        self.reml = reml
+        self.method = "REML" if reml else "ML"
+        self.formula = design.formula.text
+        self.theta = np.asarray(report.theta, dtype=float)
+        self.converged = bool(report.converged)
+        self.solution: Solution = deviance.solve(self.theta)
+        self.nobs = design.nobs
+        self.n_missing = design.n_missing
+        self.ngroups = {b.name: b.n_levels for b in design.blocks}
+        self.loglik = -0.5 * self.deviance_to_original_scale(self.solution.deviance)
+        self.sigma = float(np.sqrt(self.solution.sigma2) * scaling.y_scale)
+        names = design.fixed_names
+        self.fixef = pd.Series(scaling.beta(self.solution.beta), index=names, name="estimate")
+        cov_tilde = self.solution.sigma2 * _inverse_from_lower(self.solution.RX)
+        self.vcov = pd.DataFrame(scaling.beta_cov(cov_tilde), index=names, columns=names)
+        self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
+
+    # ------------------------------------------------------------------ likelihood scale
+    def deviance_to_original_scale(self, deviance_tilde: float) -> float:
+        """Deviance of the original data from that of the standardised problem.
+
+        Scaling y by ``s`` adds ``n log s^2`` (ML) or ``(n - p) log s^2`` (REML); the REML
+        term ``log|R_X|^2`` also changes by ``2 log|det T|`` under ``X~ = X T``.
+        """
+        n, p = self.nobs, self.design.X.shape[1]
+        log_s2 = 2.0 * np.log(self.scaling.y_scale)
+        if self.reml:
+            return deviance_tilde + (n - p) * log_s2 - 2.0 * self.scaling.log_det_T
+        return deviance_tilde + n * log_s2
+
+    @property
+    def n_params(self) -> int:
+        """Number of estimated parameters: fixed effects, covariance parameters and sigma."""
+        return len(self.fixef) + self.theta.size + 1
+
+    @property
+    def aic(self) -> float:
+        """Akaike information criterion ``-2 loglik + 2 k`` (on the REML criterion for REML fits)."""
+        return -2.0 * self.loglik + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        """Bayesian information criterion ``-2 loglik + k log(n)``."""
+        return -2.0 * self.loglik + np.log(self.nobs) * self.n_params
+
+    @property
+    def deviance(self) -> float:
+        """``-2 loglik`` (the REML criterion for REML fits)."""
+        return -2.0 * self.loglik
+
+    # ------------------------------------------------------------------ variance components
+    @cached_property
+    def lambdas(self) -> list[np.ndarray]:
+        """Relative covariance factor of each grouping factor at the optimum."""
+        return self.deviance_function.lambdas(self.theta)
+
+    @cached_property
+    def G(self) -> dict[str, pd.DataFrame]:
+        """Covariance matrix of the random effects of each grouping factor (Stata's recovariance)."""
+        out = {}
+        for block, lam in zip(self.design.blocks, self.lambdas):
+            cov = self.sigma**2 * (lam @ lam.T)
+            out[block.name] = pd.DataFrame(cov, index=block.names, columns=block.names)
+        return out
+
+    @cached_property
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components as a tidy table (lme4 layout): group, var1, var2, vcov, sdcor."""
+        rows = []
+        for block in self.design.blocks:
+            G = self.G[block.name].to_numpy()
+            for term in block.terms:
+                idx = list(range(G.shape[0]))[term.columns]
+                for i in idx:
+                    rows.append((block.name, block.names[i], None, G[i, i], np.sqrt(G[i, i])))
+                if term.structure.kind in ("unstructured", "exchangeable"):
+                    for a, i in enumerate(idx):
+                        for j in idx[a + 1 :]:
+                            denom = np.sqrt(G[i, i] * G[j, j])
+                            corr = G[i, j] / denom if denom > 0 else np.nan
+                            rows.append((block.name, block.names[i], block.names[j], G[i, j], corr))
+        rows.append(("Residual", None, None, self.sigma**2, self.sigma))
+        return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
+
+    @property
+    def singular(self) -> bool:
+        """True for a boundary fit: a relative SD at zero or a correlation at +-1."""
+        start = 0
+        for block in self.design.blocks:
+            for term in block.terms:
+                k = term.structure.n_params
+                if term.structure.on_boundary(self.theta[start : start + k]):
+                    return True
+                start += k
+        return False
+
+    # ------------------------------------------------------------------ groups
+    @cached_property
+    def group_sizes(self) -> pd.DataFrame:
+        """Observations per group (min, mean, max) for each grouping factor."""
+        rows = {}
+        for block in self.design.blocks:
+            counts = np.bincount(block.codes, minlength=block.n_levels)
+            rows[block.name] = {
+                "groups": block.n_levels,
+                "min": int(counts.min()),
+                "avg": float(counts.mean()),
+                "max": int(counts.max()),
+            }
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    # ------------------------------------------------------------------ random effects
+    @cached_property
+    def _conditional(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Conditional modes and conditional covariances (original scale), per factor."""
+        dev = self.deviance_function
+        u1, u2 = dev.spherical_modes(self.solution)
+        s = self.scaling.y_scale
+        modes = [self.lambdas[0] @ u1 * s]
+        if u2 is not None:
+            offset = 0
+            for lam, (q, m) in zip(self.lambdas[1:], dev.stats.rest_sizes):
+                part = u2[offset : offset + q * m].reshape(m, q).T
+                modes.append(lam @ part * s)
+                offset += q * m
+        covs = [c * self.sigma**2 for c in dev.conditional_covariances(self.solution, self.lambdas)]
+        return modes, covs
+
+    def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
+        """Conditional modes (BLUPs) per grouping factor, one row per level.
+
+        With ``condvar=True`` each DataFrame also has ``se_<term>`` columns: the conditional
+        standard deviations (lme4's ``condVar``; Stata's ``reses``).
+        """
+        modes, covs = self._conditional
+        out = {}
+        for block, mode, cov in zip(self.design.blocks, modes, covs):
+            frame = pd.DataFrame(mode.T, index=pd.Index(block.levels, name=block.name), columns=block.names)
+            if condvar:
+                sd = np.sqrt(np.maximum(np.diagonal(cov, axis1=0, axis2=1), 0.0))
+                for k, name in enumerate(block.names):
+                    frame[f"se_{name}"] = sd[:, k]
+            out[block.name] = frame
+        return out
+
+    def ranef_table(self) -> pd.DataFrame:
+        """BLUPs and conditional SDs as a long table: group, level, term, estimate, se."""
+        frames = []
+        modes, covs = self._conditional
+        for block, mode, cov in zip(self.design.blocks, modes, covs):
+            sd = np.sqrt(np.maximum(np.diagonal(cov, axis1=0, axis2=1), 0.0))
+            for k, name in enumerate(block.names):
+                frames.append(
+                    pd.DataFrame(
+                        {"group": block.name, "level": block.levels, "term": name, "estimate": mode[k], "se": sd[:, k]}
+                    )
+                )
+        return pd.concat(frames, ignore_index=True)
+
+    def ranef_conditional_covariance(self) -> dict[str, np.ndarray]:
+        """Per factor, the stack (m, q, q) of conditional covariance matrices of the BLUPs."""
+        _, covs = self._conditional
+        return {b.name: c.transpose(2, 0, 1) for b, c in zip(self.design.blocks, covs)}
+
+    # ------------------------------------------------------------------ presentation
+    def summary(self, **options: object) -> str:
+        """Stata-style text summary (see :func:`mixedfx.output.summary_text` for options)."""
+        from .output import summary_text
+
+        return summary_text(self, **options)
+
+    def to_dict(self, ranef: bool = False) -> dict:
+        """JSON-ready dictionary of the results (the CLI's ``--json`` layout)."""
+        from .output import results_dict
+
+        return results_dict(self, ranef=ranef)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return f"<MixedResults {self.method}: {self.formula!r}, nobs={self.nobs}, loglik={self.loglik:.4f}>"
+
+
+def _inverse_from_lower(RX: np.ndarray) -> np.ndarray:
+    """``(RX RX')^{-1}`` from a lower Cholesky factor, by triangular solves (p x p, small)."""
+    import scipy.linalg as la
+
+    if RX.size == 0:
+        return np.zeros((0, 0))
+    Rinv = la.solve_triangular(RX, np.eye(RX.shape[0]), lower=True)
+    return Rinv.T @ Rinv

@@ -1,0 +1,62 @@
+"""Shared fixtures: the R reference fits and the data preparation they used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mixedfx import datasets
+
+REFERENCE_DIR = Path(__file__).parent / "reference"
+
+
+def load_reference(name: str) -> dict:
+    """One reference JSON (made in R; see tests/reference/README.md)."""
+    return json.loads((REFERENCE_DIR / f"{name}.json").read_text())
+
+
+def lme4_reference_names() -> list[str]:
+    """Reference fits made with lme4 (no nlme correlation/weights structures)."""
+    names = []
+    for path in sorted(REFERENCE_DIR.glob("*.json")):
+        ref = json.loads(path.read_text())
+        if "formula" in ref and not ref.get("correlation") and not ref.get("weights"):
+            names.append(path.stem)
+    return names
+
+
+def reference_data(ref: dict) -> pd.DataFrame:
+    """The data of a reference fit with the same derived variables as its R ``prep``."""
+    loaders = {
+        "exam.csv": datasets.load_exam,
+        "asian.csv": datasets.load_asian,
+        "sleepstudy.csv": datasets.load_sleepstudy,
+        "pastes.csv": datasets.load_pastes,
+        "penicillin.csv": datasets.load_penicillin,
+    }
+    return loaders[ref["data"]]()
+
+
+@pytest.fixture(scope="session")
+def exam() -> pd.DataFrame:
+    return datasets.load_exam()
+
+
+@pytest.fixture(scope="session")
+def sleepstudy() -> pd.DataFrame:
+    return datasets.load_sleepstudy()
+
+
+def simulate_two_level(n_groups: int = 40, size: int = 8, seed: int = 0, slope: bool = True) -> pd.DataFrame:
+    """Random-intercept (and slope) data with known structure, for property tests."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), size)
+    x = rng.normal(size=g.size)
+    b0 = rng.normal(0, 1.0, n_groups)
+    b1 = rng.normal(0, 0.5, n_groups) if slope else np.zeros(n_groups)
+    y = 1.0 + 0.5 * x + b0[g] + b1[g] * x + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": g})
