@@ -275,6 +275,12 @@ def _check_block(block: ReBlock, nobs: int) -> None:
         )
 
 
+def _check_enough_rows(nobs: int, n_fixed: int) -> None:
+    """Refuse designs with no residual degrees of freedom."""
+    if nobs <= n_fixed + 1:
+        raise DataError(f"{nobs} observations are too few for {n_fixed} fixed-effect and residual parameters.")
+
+
 def _weights_vector(weights: object, data: pd.DataFrame, mask: pd.Series) -> np.ndarray | None:
     """Observation weights on the used rows (a column name or an array), validated positive."""
     if weights is None:
@@ -335,11 +341,9 @@ def build_design(
         for col in frame.select_dtypes(include="category"):
             frame[col] = frame[col].cat.remove_unused_categories()
     y, X, names, spec = _fixed_matrices(parsed, frame)
+    _check_enough_rows(len(y), X.shape[1])
     X, names, dropped = _drop_aliased(X, names)
     blocks = _build_blocks(parsed, frame, len(y), covariance)
-    n_params = X.shape[1] + 1
-    if len(y) <= n_params:
-        raise DataError(f"{len(y)} observations are too few for {n_params} fixed-effect and residual parameters.")
     return Design(
         formula=parsed,
         y=y,

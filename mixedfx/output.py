@@ -197,8 +197,11 @@ def results_dict(result, ranef: bool = False) -> dict:
         "theta": [_clean(t) for t in result.theta],
         "varcorr": [
             {
-                k: _clean(row[k]) if k in ("vcov", "sdcor") else row[k]
-                for k in ("group", "var1", "var2", "vcov", "sdcor")
+                "group": row["group"],
+                "var1": row["var1"] if isinstance(row["var1"], str) else None,
+                "var2": row["var2"] if isinstance(row["var2"], str) else None,
+                "vcov": _clean(row["vcov"]),
+                "sdcor": _clean(row["sdcor"]),
             }
             for row in result.varcorr.to_dict(orient="records")
         ],

@@ -1,0 +1,58 @@
+"""The command line: summary, JSON layout, and one-line errors with exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mixedfx.cli import main
+
+
+def test_json_output_layout(capsys):
+    assert main(["fit", "sleepstudy", "Reaction ~ Days + (Days | Subject)", "--json", "--method", "ml"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ["formula", "method", "nobs", "ngroups", "loglik", "converged", "fixef", "se", "sigma", "varcorr"]:
+        assert key in out
+    assert out["method"] == "ML" and out["ngroups"] == {"Subject": 18}
+    assert out["loglik"] == pytest.approx(-875.969672, abs=1e-5)
+    rows = {(r["group"], r["var1"], r["var2"]) for r in out["varcorr"]}
+    assert ("Subject", "(Intercept)", "Days") in rows
+    assert ("Residual", None, None) in rows
+    assert "ranef" not in out
+
+
+def test_json_ranef(capsys):
+    assert main(["fit", "sleepstudy", "Reaction ~ Days + (Days | Subject)", "--json", "--ranef"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    first = out["ranef"]["Subject"][0]
+    assert first["level"] == "308"
+    assert first["value"]["Days"] == pytest.approx(9.19902, rel=1e-4)
+    assert set(first["se"]) == {"(Intercept)", "Days"}
+
+
+def test_text_summary(capsys):
+    assert main(["fit", "sleepstudy", "Reaction ~ Days + (Days | Subject)", "--stddev"]) == 0
+    out = capsys.readouterr().out
+    assert "Mixed-effects REML regression" in out
+    assert "sd(Days)" in out and "corr(" in out
+    assert "LR test vs. linear model" in out
+
+
+def test_errors_are_one_line_without_traceback(capsys, tmp_path):
+    assert main(["fit", "sleepstudy", "Reaction ~ Dayz + (1 | Subject)"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixedfx: error: Unknown variable 'Dayz'")
+    assert "Traceback" not in err
+    assert main(["fit", str(tmp_path / "nope.csv"), "y ~ x + (1|g)"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixedfx", "fit", "pastes", "strength ~ 1 + (1 | batch/cask)", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(proc.stdout)["ngroups"] == {"cask:batch": 30, "batch": 10}

@@ -1,0 +1,136 @@
+"""Design matrices: naming, missing values, aliasing and clear errors for bad input."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import simulate_two_level
+
+import mixedfx
+from mixedfx.design import build_design, lme4_name
+from mixedfx.errors import DataError, FormulaError, RankDeficiencyWarning
+from mixedfx.formula import parse_formula
+
+
+def _design(formula, data, **kw):
+    return build_design(parse_formula(formula), data, **kw)
+
+
+def test_lme4_column_names(exam):
+    d = _design("gcse ~ lrt_groupc * sex + (lrt_groupc | school)", exam)
+    assert d.fixed_names == ["(Intercept)", "lrt_groupc", "sexM", "lrt_groupc:sexM"]
+    assert d.blocks[0].names == ["(Intercept)", "lrt_groupc"]
+    assert lme4_name("C(x, contr.treatment('b'))[T.a]") == "C(x, contr.treatment('b'))a"
+
+
+def test_reference_level_is_selectable(exam):
+    d = _design("gcse ~ C(schgend, contr.treatment('mixed')) + (1 | school)", exam)
+    assert any(name.endswith("boys") for name in d.fixed_names)
+    assert not any(name.endswith("mixed") for name in d.fixed_names)
+
+
+def test_categorical_inside_random_term(exam):
+    d = _design("gcse ~ sex + (0 + sex | school)", exam)
+    assert d.blocks[0].names == ["sexF", "sexM"]
+
+
+def test_terms_on_one_factor_share_a_block(sleepstudy):
+    d = _design("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleepstudy)
+    assert len(d.blocks) == 1 and d.blocks[0].q == 2 and len(d.blocks[0].terms) == 2
+
+
+def test_missing_values_are_dropped_and_counted():
+    data = simulate_two_level()
+    data.loc[[0, 5, 9], "x"] = np.nan
+    data.loc[12, "g"] = np.nan
+    data.loc[20, "unused"] = np.nan  # a column the model does not use must not drop rows
+    d = _design("y ~ x + (1 | g)", data)
+    assert d.n_missing == 4 and d.nobs == len(data) - 4
+    fit = mixedfx.fit("y ~ x + (1 | g)", data)
+    assert fit.n_missing == 4
+    assert "4 observation(s) with missing values dropped" in fit.summary()
+    with pytest.raises(DataError, match="missing values"):
+        _design("y ~ x + (1 | g)", data, missing="raise")
+
+
+def test_aliased_columns_are_dropped_with_a_warning():
+    data = simulate_two_level()
+    data["x2"] = 2 * data["x"]
+    data["zero"] = 0.0
+    with pytest.warns(RankDeficiencyWarning, match="x2"):
+        d = _design("y ~ x + x2 + zero + (1 | g)", data)
+    assert d.fixed_names == ["(Intercept)", "x"]
+    assert d.dropped_fixed == ["x2", "zero"]
+
+
+@pytest.mark.parametrize(
+    "formula, error, message",
+    [
+        (
+            "y ~ xx + (1 | g)",
+            DataError,
+            "Unknown variable 'xx' in the fixed part: no such column in the data. Did you mean 'x'?",
+        ),
+        ("y ~ x + (1 | gg)", DataError, "Unknown variable 'gg'"),
+        ("y ~ x + (1 + zz | g)", DataError, "Unknown variable 'zz' in random term"),
+        ("y ~ x +", FormulaError, "Empty term"),
+        ("y ~ x", FormulaError, "no random-effects term"),
+    ],
+)
+def test_bad_formulas(formula, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        mixedfx.fit(formula, simulate_two_level())
+
+
+def test_non_numeric_response(exam):
+    with pytest.raises(DataError, match="response 'sex' must be one numeric column"):
+        mixedfx.fit("sex ~ lrt + (1 | school)", exam)
+
+
+def test_one_level_grouping_factor():
+    data = simulate_two_level()
+    data["one"] = "a"
+    with pytest.raises(DataError, match="Grouping factor 'one' has only 1 level"):
+        mixedfx.fit("y ~ x + (1 | one)", data)
+
+
+def test_all_clusters_of_size_one():
+    data = simulate_two_level()
+    data["id"] = np.arange(len(data))
+    with pytest.raises(DataError, match="every cluster has one observation"):
+        mixedfx.fit("y ~ x + (1 | id)", data)
+
+
+def test_empty_after_dropping_missing():
+    data = simulate_two_level()
+    data["x"] = np.nan
+    with pytest.raises(DataError, match="No complete rows"):
+        mixedfx.fit("y ~ x + (1 | g)", data)
+
+
+def test_empty_data():
+    with pytest.raises(DataError, match="empty"):
+        mixedfx.fit("y ~ x + (1 | g)", simulate_two_level().iloc[:0])
+
+
+def test_fewer_observations_than_parameters():
+    data = simulate_two_level(n_groups=2, size=3)
+    data["f"] = [f"l{i}" for i in range(len(data))]
+    with pytest.raises(DataError, match="too few"):
+        mixedfx.fit("y ~ x + f + (1 | g)", data)
+
+
+def test_infinite_values_are_refused():
+    data = simulate_two_level()
+    data.loc[3, "x"] = np.inf
+    with pytest.raises(DataError, match="Column 'x' has infinite values"):
+        mixedfx.fit("y ~ x + (1 | g)", data)
+
+
+def test_user_dataframe_is_not_modified():
+    data = simulate_two_level()
+    data.loc[0, "x"] = np.nan
+    before = data.copy()
+    mixedfx.fit("y ~ x + (1 | g)", data)
+    pd.testing.assert_frame_equal(data, before)
