@@ -125,6 +125,25 @@ class CovStructure:
         lam[rows, cols] = theta
         return lam
 
+    def factor_jacobian(self, theta: np.ndarray) -> np.ndarray:
+        """Derivatives ``dLambda / dtheta_k`` as an array (n_params, q, q).
+
+        Identity, independent and unstructured factors are linear in theta, so the
+        derivative is the factor of a unit vector; the exchangeable one is differentiated
+        analytically.
+        """
+        k = self.n_params
+        if self.kind != "exchangeable" or self.q == 1:
+            return np.stack([self.factor(np.eye(k)[i]) for i in range(k)])
+        q = self.q
+        t, r = theta
+        a = np.sqrt(max(1.0 - r, 1e-300))
+        b = np.sqrt(max(1.0 + (q - 1) * r, 1e-300))
+        unit = a * np.eye(q) + (b - a) / q * np.ones((q, q))
+        da, db = -0.5 / a, 0.5 * (q - 1) / b
+        d_r = t * (da * np.eye(q) + (db - da) / q * np.ones((q, q)))
+        return np.stack([unit, d_r])
+
     def on_boundary(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
         """True when the structure is singular at ``theta`` (lme4's ``isSingular`` rule)."""
         lower = self.lower_bounds()

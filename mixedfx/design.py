@@ -82,6 +82,18 @@ class ReBlock:
             start += k
         return lam
 
+    def factor_jacobian(self, theta: np.ndarray) -> np.ndarray:
+        """Derivatives of the block's factor w.r.t. its parameters: (n_params, q, q)."""
+        jac = np.zeros((self.n_params, self.q, self.q))
+        start = 0
+        for term in self.terms:
+            k = term.structure.n_params
+            jac[start : start + k, term.columns, term.columns] = term.structure.factor_jacobian(
+                theta[start : start + k]
+            )
+            start += k
+        return jac
+
     @property
     def n_params(self) -> int:
         """Number of covariance parameters of the block."""

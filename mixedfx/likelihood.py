@@ -58,22 +58,31 @@ class Solution:
     c2y: np.ndarray | None = None
 
 
+def _stack_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A_j B_j`` for element-major stacks (q, r, m) and (r, s, m)."""
+    return np.einsum("ikm,kjm->ijm", A, B)
+
+
 class ProfiledDeviance:
     """Callable ``theta -> -2 log-likelihood`` (ML) or ``-2 REML log-likelihood``.
 
-    ``factors`` are the relative covariance factor builders, one per grouping factor in
-    the order of the statistics, each a callable ``theta_k -> Lambda_k`` with its number
-    of parameters.
+    ``factors`` describe the relative covariance factor of each grouping factor, in the
+    order of the statistics: ``(n_params, theta_k -> Lambda_k, theta_k -> dLambda_k/dtheta_k)``.
+
+    With a single grouping factor, evaluation uses :meth:`deviance_and_gradient`, which
+    never forms the (q, p, m) intermediates and also returns the analytic gradient.
     """
 
-    def __init__(self, stats: SufficientStats, factors: list[tuple[int, object]], reml: bool):
+    def __init__(self, stats: SufficientStats, factors: list[tuple[int, object, object]], reml: bool):
         self.stats = stats
         self.factors = factors
         self.reml = reml
-        self.n_theta = sum(k for k, _ in factors)
-        self._rest_pattern = None
+        self.n_theta = sum(f[0] for f in factors)
+        self.single_factor = stats.rest_Z1 is None
         if stats.rest_Z1 is not None:
             self._prepare_rest()
+        else:
+            self._prepare_single()
 
     # ------------------------------------------------------------------ setup
     def _prepare_rest(self) -> None:
@@ -85,10 +94,22 @@ class ProfiledDeviance:
         self._bd_indptr = np.arange(0, m1 * q1 * q1 + 1, q1)
         self._bd_indices = ((rows // q1)[:, None] * q1 + np.arange(q1)[None, :]).ravel()
 
+    def _prepare_single(self) -> None:
+        """Stacked ``Z_j'[X y]`` (q, p+1, m) and ``[X y]'[X y]`` for the single-factor path."""
+        s = self.stats
+        self._ZtW = np.ascontiguousarray(np.concatenate([s.first_ZtX, s.first_Zty[:, None, :]], axis=1))
+        WtW = np.empty((s.p + 1, s.p + 1))
+        WtW[: s.p, : s.p] = s.XtX
+        WtW[: s.p, s.p] = WtW[s.p, : s.p] = s.Xty
+        WtW[s.p, s.p] = s.yty
+        self._WtW = WtW
+        q, m = s.first_q, s.n_first_levels
+        self._S_flat = np.ascontiguousarray(s.first_ZtZ.reshape(q * q, m))
+
     def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
         """Relative covariance factors of every grouping factor for ``theta``."""
         out, start = [], 0
-        for k, build in self.factors:
+        for k, build, _ in self.factors:
             out.append(build(theta[start : start + k]))
             start += k
         return out
@@ -105,9 +126,73 @@ class ProfiledDeviance:
     def __call__(self, theta: np.ndarray) -> float:
         """Deviance (``-2 log L`` or ``-2 log L_R``) at ``theta``."""
         try:
+            if self.single_factor:
+                return self.deviance_and_gradient(theta, gradient=False)[0]
             return self.solve(theta).deviance
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             return np.inf
+
+    def deviance_and_gradient(self, theta: np.ndarray, gradient: bool = True) -> tuple[float, np.ndarray | None]:
+        """Deviance and its analytic gradient for a single grouping factor.
+
+        With ``A_j = Lambda' S_j Lambda + I`` (``S_j = Z_j'Z_j``), ``P_j = A_j^{-1}`` and
+        ``B_j = Lambda P_j Lambda'``, Woodbury gives ``W'V^{-1}W = W'W - sum_j W_j'Z_j B_j Z_j'W_j``
+        for ``W = [X y]`` and ``V = I + Z Lambda Lambda' Z'``: q^2 weighted products over the
+        clusters.  By the envelope theorem (beta is profiled), with ``g_j = Z_j'(y - X beta)``,
+        ``H_j = Z_j'X_j M^{-1} X_j'Z_j`` and ``Q_j = -(c / r^2) g_j g_j' - [REML] H_j``
+        (``c = n`` or ``n - p``), the gradient is ``tr(F dLambda/dtheta_k)`` with
+        ``F = 2 sum_j P_j Lambda' (S_j + Q_j - Q_j Lambda P_j Lambda' S_j)``.
+        """
+        s = self.stats
+        theta = np.asarray(theta, dtype=float)
+        lam = self.factors[0][1](theta)
+        q, m, p = s.first_q, s.n_first_levels, s.p
+        A = (np.kron(lam.T, lam.T) @ self._S_flat).reshape(q, q, m)
+        idx = np.arange(q)
+        A[idx, idx] += 1.0
+        L = batched.cholesky(A)
+        logdet = 2.0 * float(np.log(np.diagonal(L, axis1=0, axis2=1)).sum())
+        P = batched.inverse_from_cholesky(L)
+        B = (np.kron(lam, lam) @ P.reshape(q * q, m)).reshape(q, q, m)
+        ZtW = self._ZtW
+        M_full = self._WtW.copy()
+        for a in range(q):
+            V_a = B[a, 0] * ZtW[0]
+            for b in range(1, q):
+                V_a += B[a, b] * ZtW[b]
+            M_full -= V_a @ ZtW[a].T
+        M = M_full[:p, :p]
+        rhs = M_full[:p, p]
+        if p:
+            RX = la.cholesky(M, lower=True)
+            cb = la.solve_triangular(RX, rhs, lower=True)
+            beta = la.solve_triangular(RX, cb, lower=True, trans="T")
+            logdet_x = 2.0 * float(np.log(np.diag(RX)).sum())
+        else:
+            cb, beta, logdet_x = np.zeros(0), np.zeros(0), 0.0
+        r2 = max(float(M_full[p, p] - cb @ cb), 1e-300)
+        dof = s.n - p if self.reml else s.n
+        dev = logdet + (logdet_x if self.reml else 0.0) + dof * (1.0 + LOG_2PI + np.log(r2 / dof))
+        dev = float(dev - s.sum_log_weights)
+        if not gradient:
+            return dev, None
+        v = np.append(-beta, 1.0)
+        g = np.einsum("akm,k->am", ZtW, v)
+        Q = -(dof / r2) * g[:, None, :] * g[None, :, :]
+        if self.reml and p:
+            Minv = la.cho_solve((RX, True), np.eye(p))
+            ZtX = ZtW[:, :p, :]
+            for b in range(q):
+                Y_b = Minv @ ZtX[b]
+                for a in range(q):
+                    Q[a, b] -= np.einsum("km,km->m", ZtX[a], Y_b)
+        PLt = np.einsum("ijm,kj->ikm", P, lam)  # P_j Lambda'
+        S = s.first_ZtZ
+        QLPLtS = _stack_matmul(_stack_matmul(Q, np.einsum("ij,jkm->ikm", lam, PLt)), S)
+        F = 2.0 * _stack_matmul(PLt, S + Q - QLPLtS).sum(axis=2)
+        jac = self.factors[0][2](theta)
+        grad = np.einsum("kij,ji->k", jac, F)
+        return dev, grad
 
     def solve(self, theta: np.ndarray) -> Solution:
         """Evaluate the profiled deviance at ``theta`` and keep the intermediate results."""

@@ -45,7 +45,7 @@ def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object
         ys,
         design.weights,
     )
-    factors = [(b.n_params, b.factor_matrix) for b in design.blocks]
+    factors = [(b.n_params, b.factor_matrix, b.factor_jacobian) for b in design.blocks]
     return ProfiledDeviance(stats, factors, reml), scaling
 
 
@@ -101,7 +101,8 @@ def fit(
         theta0 = np.asarray(start, dtype=float)
         if theta0.shape != lower.shape:
             raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
-    report = minimize_deviance(deviance, theta0, lower, upper)
+    gradient = deviance.deviance_and_gradient if deviance.single_factor else None
+    report = minimize_deviance(deviance, theta0, lower, upper, value_and_gradient=gradient)
     result = MixedResults(design, deviance, scaling, report, reml)
     if not report.converged:
         warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=2)
