@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import simulate_two_level
 
 import mixedfx
+from conftest import simulate_two_level
 from mixedfx.design import build_design, lme4_name
 from mixedfx.errors import DataError, FormulaError, RankDeficiencyWarning
 from mixedfx.formula import parse_formula

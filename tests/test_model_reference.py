@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REFERENCE_DIR, lme4_reference_names, load_reference, reference_data
 
 import mixedfx
+from conftest import REFERENCE_DIR, lme4_reference_names, load_reference, reference_data
 
 LOGLIK_ABS = 1e-4
 FIXEF_REL = 1e-4
