@@ -115,6 +115,7 @@ class Design:
     row_index: pd.Index
     fixed_spec: object = None
     response_name: str = ""
+    data: pd.DataFrame | None = None
 
     @property
     def nobs(self) -> int:
@@ -368,4 +369,5 @@ def build_design(
         row_index=frame.index,
         fixed_spec=spec,
         response_name=parsed.response,
+        data=frame,
     )

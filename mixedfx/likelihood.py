@@ -290,6 +290,38 @@ class ProfiledDeviance:
         corr = (sol.L21.T @ u2).reshape(m1, q1).T
         return batched.solve_upper_from_lower(sol.L1, r1 - corr), u2
 
+    def fixed_effect_fill(self, sol: Solution) -> list[np.ndarray]:
+        """Per factor, the stack (q, q, m) of ``(E M^{-1} E')_jj`` with ``E = L^{-T} R_ZX``.
+
+        Added to the conditional covariance ``(L L')^{-1}`` this gives the random block of
+        the inverse of the full mixed-model-equations matrix: the prediction-error
+        covariance ``Var(b_hat - b)`` that also counts the estimation of beta (Stata's
+        comparative standard errors).  Returned before multiplication by Lambda and sigma^2.
+        """
+        s = self.stats
+        p = s.p
+        q1, m1 = s.first_q, s.n_first_levels
+        if p == 0:
+            fills = [np.zeros((q1, q1, m1))] + [np.zeros((q, q, m)) for q, m in s.rest_sizes]
+            return fills
+        Minv = la.cho_solve((sol.RX, True), np.eye(p))
+        c1X = sol.c1X
+        E2 = None
+        if sol.L2 is not None:
+            E2 = la.solve_triangular(sol.L2, sol.c2X, lower=True, trans="T")  # Q2 x p
+            corr = (sol.L21.T @ E2).reshape(m1, q1, p).transpose(1, 2, 0)
+            c1X = c1X - corr
+        E1 = batched.solve_upper_from_lower(sol.L1, c1X)  # (q1, p, m1)
+        EM = np.einsum("akm,kl->alm", E1, Minv)
+        fills = [np.einsum("akm,bkm->abm", EM, E1)]
+        if E2 is not None:
+            offset = 0
+            for q, m in s.rest_sizes:
+                part = E2[offset : offset + q * m].reshape(m, q, p)
+                fills.append(np.einsum("jak,kl,jbl->abj", part, Minv, part))
+                offset += q * m
+        return fills
+
     def conditional_covariances(self, sol: Solution, lams: list[np.ndarray]) -> list[np.ndarray]:
         """Per factor, the stack (q, q, m) of ``Lambda (L L')^{-1}_jj Lambda'`` (times sigma^2: condVar).
 

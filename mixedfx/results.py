@@ -152,8 +152,8 @@ class MixedResults:
 
     # ------------------------------------------------------------------ random effects
     @cached_property
-    def _conditional(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Conditional modes and conditional covariances (original scale), per factor."""
+    def _conditional(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Per factor: conditional modes, conditional covariances and prediction-error covariances."""
         dev = self.deviance_function
         u1, u2 = dev.spherical_modes(self.solution)
         s = self.scaling.y_scale
@@ -165,15 +165,19 @@ class MixedResults:
                 modes.append(lam @ part * s)
                 offset += q * m
         covs = [c * self.sigma**2 for c in dev.conditional_covariances(self.solution, self.lambdas)]
-        return modes, covs
+        fills = dev.fixed_effect_fill(self.solution)
+        comparative = [
+            c + self.sigma**2 * np.einsum("ia,abm,jb->ijm", lam, f, lam) for c, f, lam in zip(covs, fills, self.lambdas)
+        ]
+        return modes, covs, comparative
 
     def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
         """Conditional modes (BLUPs) per grouping factor, one row per level.
 
         With ``condvar=True`` each DataFrame also has ``se_<term>`` columns: the conditional
-        standard deviations (lme4's ``condVar``; Stata's ``reses``).
+        standard deviations (lme4's ``condVar``: posterior SDs given beta and theta).
         """
-        modes, covs = self._conditional
+        modes, covs, _ = self._conditional
         out = {}
         for block, mode, cov in zip(self.design.blocks, modes, covs):
             frame = pd.DataFrame(mode.T, index=pd.Index(block.levels, name=block.name), columns=block.names)
@@ -185,23 +189,84 @@ class MixedResults:
         return out
 
     def ranef_table(self) -> pd.DataFrame:
-        """BLUPs and conditional SDs as a long table: group, level, term, estimate, se."""
+        """BLUPs as a long table: group, level, term, estimate, se, se_comparative, n.
+
+        ``se`` is the conditional (posterior) SD as lme4 reports it; ``se_comparative`` is
+        ``sqrt(Var(b_hat - b))``, which also counts the estimation of the fixed effects
+        (Stata's ``reses``); ``n`` is the cluster size.
+        """
         frames = []
-        modes, covs = self._conditional
-        for block, mode, cov in zip(self.design.blocks, modes, covs):
+        modes, covs, comparative = self._conditional
+        for block, mode, cov, comp in zip(self.design.blocks, modes, covs, comparative):
             sd = np.sqrt(np.maximum(np.diagonal(cov, axis1=0, axis2=1), 0.0))
+            sd_comp = np.sqrt(np.maximum(np.diagonal(comp, axis1=0, axis2=1), 0.0))
+            sizes = np.bincount(block.codes, minlength=block.n_levels)
             for k, name in enumerate(block.names):
                 frames.append(
                     pd.DataFrame(
-                        {"group": block.name, "level": block.levels, "term": name, "estimate": mode[k], "se": sd[:, k]}
+                        {
+                            "group": block.name,
+                            "level": block.levels,
+                            "term": name,
+                            "estimate": mode[k],
+                            "se": sd[:, k],
+                            "se_comparative": sd_comp[:, k],
+                            "n": sizes,
+                        }
                     )
                 )
         return pd.concat(frames, ignore_index=True)
 
     def ranef_conditional_covariance(self) -> dict[str, np.ndarray]:
         """Per factor, the stack (m, q, q) of conditional covariance matrices of the BLUPs."""
-        _, covs = self._conditional
+        _, covs, _ = self._conditional
         return {b.name: c.transpose(2, 0, 1) for b, c in zip(self.design.blocks, covs)}
+
+    # ------------------------------------------------------------------ predictions
+    def predict(self, data: pd.DataFrame | None = None, level: str = "subject", **options: object) -> pd.DataFrame:
+        """Population (``level="population"``, Stata xb) or subject-specific predictions.
+
+        See :func:`mixedfx.prediction.predict` for ``interval``, ``conf_level`` and ``strict``.
+        """
+        from .prediction import predict
+
+        return predict(self, data, level=level, **options)
+
+    def fitted(self, level: str = "subject") -> pd.Series:
+        """Fitted values on the estimation rows."""
+        from .prediction import fitted
+
+        return fitted(self, level)
+
+    def residuals(self, level: str = "subject", kind: str = "raw") -> pd.Series:
+        """Residuals (raw or Pearson) at the subject or population level."""
+        from .prediction import residuals
+
+        return residuals(self, level, kind)
+
+    def coef_by_group(self) -> dict[str, pd.DataFrame]:
+        """Cluster-specific coefficients ``beta + b_j`` per grouping factor (lme4's ``coef()``)."""
+        from .prediction import coef_by_group
+
+        return coef_by_group(self)
+
+    def shrinkage(self, group: str | None = None, min_size: int = 1) -> pd.DataFrame:
+        """Per cluster: OLS and EB estimates, size and shrinkage factor (see mixedfx.prediction)."""
+        from .prediction import shrinkage
+
+        return shrinkage(self, group, min_size)
+
+    def rank(self, term: str = "(Intercept)", group: str | None = None, level: float = 0.95, **options) -> pd.DataFrame:
+        """Clusters ranked by their EB estimate with intervals and above/below-average flags."""
+        from .prediction import rank
+
+        return rank(self, term, group, level, **options)
+
+    def predict_grid(self, over: dict, by: dict | None = None, groups=None, derive=None, **options) -> pd.DataFrame:
+        """Population-mean and individual predicted curves over a grid (tidy, ready to plot)."""
+        from .prediction import predict_grid
+
+        return predict_grid(self, over, by, groups, derive, **options)
 
     # ------------------------------------------------------------------ presentation
     def summary(self, **options: object) -> str:
