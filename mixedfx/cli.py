@@ -40,6 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--weights", help="column of observation weights (residual variance sigma^2/w)")
     fit.add_argument("--level", type=float, default=95.0, help="confidence level in percent (default 95)")
     fit.add_argument("--stddev", action="store_true", help="report SDs and correlations instead of variances")
+    fit.add_argument(
+        "--dfmethod", choices=["satterthwaite", "kroger"], help="t tests with Satterthwaite or Kenward-Roger df"
+    )
     fit.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
@@ -56,9 +59,9 @@ def _run_fit(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.to_dict(ranef=args.ranef), indent=2))
+        print(json.dumps(result.to_dict(ranef=args.ranef, dfmethod=args.dfmethod), indent=2))
     else:
-        print(result.summary(level=args.level / 100, scale="sd" if args.stddev else "var"))
+        print(result.summary(level=args.level / 100, scale="sd" if args.stddev else "var", dfmethod=args.dfmethod))
     return 0
 
 

@@ -290,12 +290,13 @@ class LRTest:
     df: int
     pvalue: float
     kind: str  # "chibar2(01)" or "chi2"
+    label: str = "LR test vs. linear model"
 
     def describe(self) -> str:
         """One line as Stata prints it."""
         if self.kind == "chibar2(01)":
-            return f"LR test vs. linear model: chibar2(01) = {self.statistic:.2f}   Prob >= chibar2 = {self.pvalue:.4f}"
-        return f"LR test vs. linear model: chi2({self.df}) = {self.statistic:.2f}   Prob > chi2 = {self.pvalue:.4f}"
+            return f"{self.label}: chibar2(01) = {self.statistic:.2f}   Prob >= chibar2 = {self.pvalue:.4f}"
+        return f"{self.label}: chi2({self.df}) = {self.statistic:.2f}   Prob > chi2 = {self.pvalue:.4f}"
 
 
 def lr_test_vs_linear(result) -> LRTest:
@@ -325,18 +326,333 @@ def wald_chi2(result) -> tuple[float, int, float]:
     return chi2, len(names), float(st.chi2.sf(chi2, len(names)))
 
 
-def coef_table(result, level: float = 0.95) -> pd.DataFrame:
-    """Fixed effects with SE, z, P>|z| and a normal-theory confidence interval."""
-    z = st.norm.ppf(0.5 + level / 2)
-    est, se = result.fixef, result.se
-    zstat = est / se
+def coef_table(result, level: float = 0.95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
+    """Fixed effects with SE, test statistic, p-value and confidence interval.
+
+    Without ``dfmethod``: z tests and normal intervals (Stata).  With ``dfmethod`` =
+    ``"satterthwaite"`` or ``"kroger"``: t tests with those denominator df (column ``df``;
+    Kenward-Roger also uses its adjusted covariance).  ``vce="robust"`` uses the
+    cluster-robust covariance (z tests).
+    """
+    est = result.fixef
+    if vce == "robust":
+        if dfmethod:
+            raise ValueError("vce='robust' gives large-sample z tests; do not combine it with dfmethod.")
+        se = pd.Series(np.sqrt(np.diag(robust_vcov(result).to_numpy())), index=est.index)
+    elif vce != "model":
+        raise ValueError(f"vce must be 'model' or 'robust', not {vce!r}.")
+    else:
+        se = result.se
+    if dfmethod is None:
+        q = st.norm.ppf(0.5 + level / 2)
+        stat = est / se
+        return pd.DataFrame(
+            {
+                "estimate": est,
+                "se": se,
+                "z": stat,
+                "p": 2 * st.norm.sf(np.abs(stat)),
+                "lower": est - q * se,
+                "upper": est + q * se,
+            }
+        )
+    from .ddf import coefficient_df
+
+    df, vcov = coefficient_df(result, dfmethod)
+    se = pd.Series(np.sqrt(np.diag(vcov.to_numpy())), index=est.index)
+    stat = est / se
+    q = st.t.ppf(0.5 + level / 2, df)
     return pd.DataFrame(
         {
             "estimate": est,
             "se": se,
-            "z": zstat,
-            "p": 2 * st.norm.sf(np.abs(zstat)),
-            "lower": est - z * se,
-            "upper": est + z * se,
+            "df": df,
+            "t": stat,
+            "p": 2 * st.t.sf(np.abs(stat), df),
+            "lower": est - q * se,
+            "upper": est + q * se,
         }
     )
+
+
+# ---------------------------------------------------------------------------- ICC
+def _nested_within(inner: tuple[str, ...], outer: tuple[str, ...]) -> bool:
+    """True when sharing a level of ``inner`` implies sharing the level of ``outer``."""
+    return set(outer) <= set(inner)
+
+
+def icc(result, level: float = 0.95) -> pd.DataFrame:
+    """Intraclass correlations with delta-method CIs on the logit scale (Stata ``estat icc``).
+
+    For each grouping factor k: the correlation of two observations that share k's level
+    (and hence every level k is nested in): ``sum of those variances / total variance``.
+    Only for random-intercept models (with random slopes the correlation depends on the
+    covariates: use :func:`wcorrelation`).
+    """
+    blocks = result.design.blocks
+    for block in blocks:
+        if block.names != ["(Intercept)"]:
+            raise ValueError(
+                f"ICCs are defined for random-intercept models; ({' + '.join(block.names)} | {block.name}) "
+                "has random slopes. Use fit.wcorrelation() for the implied correlations."
+            )
+    param, cov = phi_covariance(result)
+    phi = param.phi_hat
+    z = st.norm.ppf(0.5 + level / 2)
+
+    def shares(phi_vec: np.ndarray) -> list[float]:
+        variances = np.exp(2 * phi_vec)
+        block_var = variances[:-1]  # one log-SD per random-intercept block, residual last
+        total = variances.sum()
+        out = []
+        for block in blocks:
+            num = sum(v for other, v in zip(blocks, block_var) if _nested_within(block.factor, other.factor))
+            out.append(num / total)
+        return out
+
+    values = shares(phi)
+    rows = []
+    for k, block in enumerate(blocks):
+        grad = np.array([(shares(phi + e)[k] - shares(phi - e)[k]) / (2e-6) for e in np.eye(phi.size) * 1e-6])
+        se = float(np.sqrt(grad @ cov @ grad)) if np.all(np.isfinite(cov)) else np.nan
+        rho = values[k]
+        logit = np.log(rho / (1 - rho)) if 0 < rho < 1 else np.nan
+        se_logit = se / (rho * (1 - rho)) if 0 < rho < 1 else np.nan
+        lower = 1 / (1 + np.exp(-(logit - z * se_logit)))
+        upper = 1 / (1 + np.exp(-(logit + z * se_logit)))
+        label = "|".join(_outer_first(block, blocks))
+        rows.append({"level": label, "icc": rho, "se": se, "lower": lower, "upper": upper, "_depth": label.count("|")})
+    return pd.DataFrame(rows).sort_values("_depth").drop(columns="_depth").set_index("level")
+
+
+def _outer_first(block, blocks) -> list[str]:
+    """Stata's level label, innermost last: ``school|class``."""
+    names = [b.name for b in sorted(blocks, key=lambda b: b.n_levels) if _nested_within(block.factor, b.factor)]
+    return [n.split(":")[0] for n in names]
+
+
+# ---------------------------------------------------------------------------- within-cluster covariance
+def _cluster_rows(result, group: str | None, cluster: object | None) -> tuple[object, np.ndarray, str]:
+    """Row positions of one cluster of ``group`` (default: the factor with fewest levels, first level)."""
+    blocks = result.design.blocks
+    block = (
+        min(blocks, key=lambda b: b.n_levels) if group is None else next((b for b in blocks if b.name == group), None)
+    )
+    if block is None:
+        raise ValueError(f"No grouping factor {group!r}; the model has {', '.join(b.name for b in blocks)}.")
+    label = block.levels[0] if cluster is None else str(cluster)
+    if label not in block.levels:
+        raise ValueError(f"{block.name!r} has no level {label!r}.")
+    rows = np.flatnonzero(block.codes == block.levels.index(label))
+    return label, rows, block.name
+
+
+def wcovariance(result, group: str | None = None, cluster: object | None = None) -> pd.DataFrame:
+    """Model-implied covariance of the observations of one cluster (Stata ``estat wcorrelation, covariance``).
+
+    ``V = sum_k Z_k G_k Z_k' + sigma^2 W^{-1}`` over the rows of ``cluster`` (a level of
+    ``group``); random slopes make its diagonal depend on the covariates (the lecture's
+    ``var(xi_ij) = tau_1^2 + 2 tau_12 x + tau_2^2 x^2 + sigma^2``).
+    """
+    label, rows, name = _cluster_rows(result, group, cluster)
+    V = np.zeros((rows.size, rows.size))
+    for block in result.design.blocks:
+        Z = block.Z[rows]
+        same = block.codes[rows][:, None] == block.codes[rows][None, :]
+        V += (Z @ result.G[block.name].to_numpy() @ Z.T) * same
+    w = result.design.weights[rows] if result.design.weights is not None else np.ones(rows.size)
+    V += np.diag(result.sigma**2 / w)
+    index = pd.Index(result.design.row_index[rows], name=f"{name}={label}")
+    return pd.DataFrame(V, index=index, columns=index)
+
+
+def wcorrelation(result, group: str | None = None, cluster: object | None = None) -> pd.DataFrame:
+    """Model-implied correlation of the observations of one cluster (Stata ``estat wcorrelation``)."""
+    V = wcovariance(result, group, cluster)
+    sd = np.sqrt(np.diag(V.to_numpy()))
+    return V / np.outer(sd, sd)
+
+
+# ---------------------------------------------------------------------------- model comparison
+def lrtest(restricted, full) -> LRTest:
+    """Likelihood-ratio test of two nested fits (order does not matter).
+
+    Refuses fits on different observations, ML/REML mixes, and REML fits whose fixed
+    effects differ (their restricted likelihoods are not comparable).  When the models
+    differ in variance components the chi2 p-value is conservative (boundary).
+    """
+    a, b = sorted([restricted, full], key=lambda f: f.n_params)
+    if a.nobs != b.nobs:
+        raise ValueError(f"The fits use different observations ({a.nobs} vs {b.nobs}); refit on the same rows.")
+    if a.method != b.method:
+        raise ValueError("One fit is ML and the other REML; refit both with the same method.")
+    if a.method == "REML" and list(a.fixef.index) != list(b.fixef.index):
+        raise ValueError(
+            "REML fits with different fixed effects cannot be compared by LR test; refit both with method='ml'."
+        )
+    df = b.n_params - a.n_params
+    if df <= 0:
+        raise ValueError("The two fits have the same number of parameters: they are not nested.")
+    stat = max(2.0 * (b.loglik - a.loglik), 0.0)
+    return LRTest(stat, df, float(st.chi2.sf(stat, df)), "chi2", label="LR test (restricted nested in full)")
+
+
+def compare(*fits, names: list[str] | None = None) -> pd.DataFrame:
+    """AIC/BIC table of several fits: parameters, log-likelihood, AIC, BIC (Stata ``estat ic``)."""
+    names = names or [f"model{i + 1}" for i in range(len(fits))]
+    return pd.DataFrame(
+        {
+            "nobs": [f.nobs for f in fits],
+            "method": [f.method for f in fits],
+            "df": [f.n_params for f in fits],
+            "loglik": [f.loglik for f in fits],
+            "aic": [f.aic for f in fits],
+            "bic": [f.bic for f in fits],
+        },
+        index=pd.Index(names, name="model"),
+    )
+
+
+# ---------------------------------------------------------------------------- linear hypotheses
+def _coefficient_name(token: str, names: list[str]) -> str:
+    token = token.strip()
+    if token in ("_cons", "Intercept"):
+        token = "(Intercept)"
+    if token not in names:
+        from .errors import OptionError, suggest
+
+        raise OptionError(f"Unknown coefficient {token!r} in the expression.{suggest(token, names)}")
+    return token
+
+
+def _split_signed(expr: str) -> list[tuple[int, str]]:
+    """Split a linear expression at top-level + and - (not inside parentheses)."""
+    parts, depth, sign, start = [], 0, 1, 0
+    text = expr.strip()
+    for i, ch in enumerate(text):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and ch in "+-" and i > 0 and text[i - 1] not in "eE*":
+            piece = text[start:i].strip()
+            if piece:
+                parts.append((sign, piece))
+            sign, start = (1 if ch == "+" else -1), i + 1
+        elif depth == 0 and ch in "+-" and i == 0:
+            sign, start = (1 if ch == "+" else -1), 1
+    piece = text[start:].strip()
+    if piece:
+        parts.append((sign, piece))
+    return parts
+
+
+def parse_linear(expr: str, names: list[str], allow_constant: bool = False) -> tuple[np.ndarray, float]:
+    """``"2*age_c - age_sp + 1"`` -> (weights over coefficients, constant)."""
+    from .errors import OptionError
+
+    weights = np.zeros(len(names))
+    constant = 0.0
+    for sign, piece in _split_signed(expr):
+        factors = [f.strip() for f in piece.split("*")]
+        coef, name = float(sign), None
+        for f in factors:
+            try:
+                coef *= float(f)
+            except ValueError:
+                if name is not None:
+                    raise OptionError(f"{piece!r} is not linear in the coefficients.") from None
+                name = _coefficient_name(f, names)
+        if name is None:
+            constant += coef
+        else:
+            weights[names.index(name)] += coef
+    if not weights.any() and not allow_constant:
+        raise OptionError(f"The expression {expr!r} names no coefficient.")
+    return weights, constant
+
+
+def lincom(result, expr: str, level: float = 0.95, vcov: np.ndarray | None = None) -> pd.Series:
+    """A linear combination of fixed effects with SE, z, p and CI (Stata ``lincom``)."""
+    names = list(result.fixef.index)
+    L, c = parse_linear(expr, names)
+    V = result.vcov.to_numpy() if vcov is None else vcov
+    est = float(L @ result.fixef.to_numpy() + c)
+    se = float(np.sqrt(L @ V @ L))
+    zq = st.norm.ppf(0.5 + level / 2)
+    zstat = est / se
+    return pd.Series(
+        {
+            "estimate": est,
+            "se": se,
+            "z": zstat,
+            "p": 2 * st.norm.sf(abs(zstat)),
+            "lower": est - zq * se,
+            "upper": est + zq * se,
+        },
+        name=expr,
+    )
+
+
+def hypothesis_matrix(result, *equations: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``L beta = r`` from equations like ``"a = 0"`` or ``"a = b"`` (a bare ``"a"`` means ``a = 0``)."""
+    from .errors import OptionError
+
+    names = list(result.fixef.index)
+    rows, rhs = [], []
+    for eq in equations:
+        if eq.count("=") > 1:
+            raise OptionError(f"{eq!r} has more than one '='.")
+        left, _, right = eq.partition("=")
+        L1, c1 = parse_linear(left, names, allow_constant=True)
+        L2, c2 = parse_linear(right, names, allow_constant=True) if right.strip() else (np.zeros(len(names)), 0.0)
+        if not (L1 - L2).any():
+            raise OptionError(f"The hypothesis {eq!r} involves no coefficient.")
+        rows.append(L1 - L2)
+        rhs.append(c2 - c1)
+    return np.array(rows), np.array(rhs)
+
+
+def wald_test(result, *equations: str, vcov: np.ndarray | None = None) -> dict:
+    """Joint Wald test of linear hypotheses (Stata ``test``): chi2, df, p."""
+    L, r = hypothesis_matrix(result, *equations)
+    V = result.vcov.to_numpy() if vcov is None else vcov
+    diff = L @ result.fixef.to_numpy() - r
+    chi2 = float(diff @ np.linalg.solve(L @ V @ L.T, diff))
+    df = int(np.linalg.matrix_rank(L))
+    return {"chi2": chi2, "df": df, "p": float(st.chi2.sf(chi2, df))}
+
+
+# ---------------------------------------------------------------------------- robust covariance
+def robust_vcov(result, group: str | None = None, small_sample: bool = True) -> pd.DataFrame:
+    """Cluster-robust (sandwich) covariance of the fixed effects (Stata ``vce(robust)``).
+
+    ``B^{-1} (sum_c X_c' V_c^{-1} r_c r_c' V_c^{-1} X_c) B^{-1}`` with ``B = X' V^{-1} X``,
+    ``r = y - X beta`` and clusters ``c`` the levels of ``group`` (default: the factor with
+    fewest levels; every other factor must nest in it).  ``small_sample`` multiplies by
+    ``C / (C - 1)`` for C clusters.
+    """
+    blocks = result.design.blocks
+    top = min(blocks, key=lambda b: b.n_levels) if group is None else next(b for b in blocks if b.name == group)
+    for block in blocks:
+        if not _nested_within(block.factor, top.factor):
+            raise ValueError(f"{block.name!r} is not nested in {top.name!r}; cluster at a factor every level nests in.")
+    X, y = result.design.X, result.design.y
+    w = result.design.weights if result.design.weights is not None else np.ones(len(y))
+    r = y - X @ result.fixef.to_numpy()
+    order = np.argsort(top.codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(top.codes, minlength=top.n_levels))])
+    scores = np.zeros((top.n_levels, X.shape[1]))
+    for c in range(top.n_levels):
+        rows = order[bounds[c] : bounds[c + 1]]
+        V = np.diag(result.sigma**2 / w[rows])
+        for block in blocks:
+            Z = block.Z[rows]
+            same = block.codes[rows][:, None] == block.codes[rows][None, :]
+            V += (Z @ result.G[block.name].to_numpy() @ Z.T) * same
+        cho = np.linalg.cholesky(V)
+        Vi_X = np.linalg.solve(cho.T, np.linalg.solve(cho, X[rows]))
+        scores[c] = Vi_X.T @ r[rows]
+    bread = result.vcov.to_numpy()
+    meat = scores.T @ scores
+    factor = top.n_levels / (top.n_levels - 1) if small_sample else 1.0
+    names = result.fixef.index
+    return pd.DataFrame(factor * bread @ meat @ bread, index=names, columns=names)

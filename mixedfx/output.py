@@ -90,25 +90,32 @@ def _display_name(name: str) -> str:
     return "_cons" if name == "(Intercept)" else name
 
 
-def _fixed_table(result, level: float) -> list[str]:
-    """Coefficient table with the intercept last, as Stata shows it."""
-    table = inference.coef_table(result, level)
+def _fixed_table(result, level: float, dfmethod: str | None = None, vce: str = "model") -> list[str]:
+    """Coefficient table with the intercept last, as Stata shows it (t and df with ``dfmethod``)."""
+    table = inference.coef_table(result, level, dfmethod=dfmethod, vce=vce)
     order = [n for n in table.index if n != "(Intercept)"] + [n for n in table.index if n == "(Intercept)"]
     width = max([12, len(result.design.response_name)] + [len(_display_name(n)) for n in order])
     pct = f"{level * 100:g}%"
-    rule = "-" * (width + 1) + "+" + "-" * 66
+    stat = "t" if dfmethod else "z"
+    df_head = "        df" if dfmethod else ""
+    se_head = "Robust SE" if vce == "robust" else "Std. Err."
+    rule = "-" * (width + 1) + "+" + "-" * (66 + len(df_head))
     lines = ["-" * len(rule)]
     lines.append(
-        f"{result.design.response_name:>{width}} |      Coef.  Std. Err.      z    P>|z|     [{pct} Conf. Interval]"
+        f"{result.design.response_name:>{width}} |      Coef.  {se_head}{df_head}      {stat}    P>|{stat}|"
+        f"     [{pct} Conf. Interval]"
     )
     lines.append(rule)
     for name in order:
         r = table.loc[name]
+        df_cell = f" {r['df']:9.2f}" if dfmethod else ""
         lines.append(
-            f"{_display_name(name):>{width}} | {_num(r['estimate'])} {_num(r['se'])} {r['z']:8.2f}  {_pvalue(r['p'])}"
-            f"    {_num(r['lower'])}  {_num(r['upper'])}"
+            f"{_display_name(name):>{width}} | {_num(r['estimate'])} {_num(r['se'])}{df_cell} {r[stat]:8.2f}  "
+            f"{_pvalue(r['p'])}    {_num(r['lower'])}  {_num(r['upper'])}"
         )
     lines.append("-" * len(rule))
+    if dfmethod:
+        lines.append(f"Denominator degrees of freedom: {dfmethod}.")
     return lines
 
 
@@ -136,11 +143,20 @@ def _random_table(result, level: float, scale: str) -> list[str]:
     return lines
 
 
-def summary_text(result, level: float = 0.95, scale: str = "var") -> str:
-    """The full Stata-style summary.  ``scale``: ``"var"`` (variances) or ``"sd"`` (stddev)."""
+def summary_text(
+    result, level: float | None = None, scale: str | None = None, dfmethod: str | None = None, vce: str = "model"
+) -> str:
+    """The full Stata-style summary.
+
+    ``scale``: ``"var"`` (variances, default) or ``"sd"`` (Stata's ``stddev``);
+    ``dfmethod``: ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for
+    cluster-robust standard errors.
+    """
+    scale = scale or getattr(result, "display_scale", "var")
+    level = level or getattr(result, "display_level", 0.95)
     lines = _header(result, level)
     lines.append("")
-    lines += _fixed_table(result, level)
+    lines += _fixed_table(result, level, dfmethod, vce)
     lines.append("")
     lines += _random_table(result, level, scale)
     lr = inference.lr_test_vs_linear(result)
@@ -171,8 +187,12 @@ def _clean(value):
     return value
 
 
-def results_dict(result, ranef: bool = False) -> dict:
-    """The fitted model as a JSON-ready dict (the CLI's ``--json`` output)."""
+def results_dict(result, ranef: bool = False, dfmethod: str | None = None) -> dict:
+    """The fitted model as a JSON-ready dict (the CLI's ``--json`` output).
+
+    With ``dfmethod`` it adds ``"df"`` (name -> denominator df) and ``"p"``; ``"se"`` becomes
+    the SE used for those t tests (Kenward-Roger adjusts it).
+    """
     chi2, df, p = inference.wald_chi2(result)
     lr = inference.lr_test_vs_linear(result)
     out = {
@@ -208,6 +228,12 @@ def results_dict(result, ranef: bool = False) -> dict:
         "wald_chi2": {"chi2": _clean(chi2), "df": df, "p": _clean(p)},
         "lr_test_vs_linear": {"statistic": _clean(lr.statistic), "df": lr.df, "p": _clean(lr.pvalue), "kind": lr.kind},
     }
+    if dfmethod:
+        table = inference.coef_table(result, dfmethod=dfmethod)
+        out["dfmethod"] = dfmethod
+        out["df"] = {k: _clean(v) for k, v in table["df"].items()}
+        out["se"] = {k: _clean(v) for k, v in table["se"].items()}
+        out["p"] = {k: _clean(v) for k, v in table["p"].items()}
     if result.design.dropped_fixed:
         out["dropped_fixed"] = list(result.design.dropped_fixed)
     if ranef:
@@ -222,3 +248,35 @@ def results_dict(result, ranef: bool = False) -> dict:
                 }
             )
     return out
+
+
+def html_summary(result, level: float = 0.95) -> str:
+    """HTML tables for notebooks; every data-derived string is escaped."""
+    from html import escape
+
+    like = "Log restricted-likelihood" if result.reml else "Log-likelihood"
+    header = {
+        "Model": f"Mixed-effects {result.method} regression",
+        "Formula": result.formula,
+        "Number of obs": f"{result.nobs:,}",
+        like: f"{result.loglik:.3f}",
+        "AIC / BIC": f"{result.aic:.2f} / {result.bic:.2f}",
+    }
+    for name, row in result.group_sizes.iterrows():
+        sizes = f"{int(row['min'])}/{row['avg']:.1f}/{int(row['max'])}"
+        header[f"Groups: {name}"] = f"{int(row['groups'])} (obs per group min/avg/max {sizes})"
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in header.items())
+    fmt = lambda x: f"{x:.6g}"  # noqa: E731
+    coef = inference.coef_table(result, level).to_html(float_format=fmt, escape=True)
+    scale = getattr(result, "display_scale", "var")
+    re_tab = inference.varcomp_table(result, level, scale).to_html(index=False, float_format=fmt, escape=True)
+    lr = escape(inference.lr_test_vs_linear(result).describe())
+    notes = ""
+    if not result.converged:
+        notes += f"<p><b>Warning:</b> {escape(result.optimum.message)}</p>"
+    if result.singular:
+        notes += "<p><b>Warning:</b> boundary (singular) fit.</p>"
+    return (
+        f"<div class='mixedfx'><table>{rows}</table><h4>Fixed effects</h4>{coef}"
+        f"<h4>Random-effects parameters</h4>{re_tab}<p>{lr}</p>{notes}</div>"
+    )

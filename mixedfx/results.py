@@ -268,18 +268,85 @@ class MixedResults:
 
         return predict_grid(self, over, by, groups, derive, **options)
 
+    # ------------------------------------------------------------------ inference
+    def coef_table(self, level: float = 0.95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
+        """Fixed effects with SE, z (or t with ``dfmethod``), p and CI; ``vce="robust"`` for sandwich SEs."""
+        from .inference import coef_table
+
+        return coef_table(self, level, dfmethod, vce)
+
+    def re_table(self, level: float = 0.95, scale: str | None = None) -> pd.DataFrame:
+        """Random-effects parameters with SEs and CIs (``scale="var"`` or ``"sd"``)."""
+        from .inference import varcomp_table
+
+        return varcomp_table(self, level, scale or self.display_scale)
+
+    def icc(self, level: float = 0.95) -> pd.DataFrame:
+        """Intraclass correlations with CIs (Stata ``estat icc``)."""
+        from .inference import icc
+
+        return icc(self, level)
+
+    def wcovariance(self, group: str | None = None, cluster: object | None = None) -> pd.DataFrame:
+        """Model-implied covariance matrix of one cluster's observations."""
+        from .inference import wcovariance
+
+        return wcovariance(self, group, cluster)
+
+    def wcorrelation(self, group: str | None = None, cluster: object | None = None) -> pd.DataFrame:
+        """Model-implied correlation matrix of one cluster's observations (Stata ``estat wcorrelation``)."""
+        from .inference import wcorrelation
+
+        return wcorrelation(self, group, cluster)
+
+    def recovariance(self) -> dict[str, pd.DataFrame]:
+        """Covariance matrix G of the random effects per grouping factor (Stata ``estat recovariance``)."""
+        return self.G
+
+    def lr_test_vs_linear(self):
+        """LR test of the random effects against linear regression (chibar2 for one component)."""
+        from .inference import lr_test_vs_linear
+
+        return lr_test_vs_linear(self)
+
+    def lincom(self, expr: str, level: float = 0.95) -> pd.Series:
+        """Linear combination of fixed effects, e.g. ``"age_c + age_c_girl"`` (Stata ``lincom``)."""
+        from .inference import lincom
+
+        return lincom(self, expr, level)
+
+    def test(self, *equations: str) -> dict:
+        """Joint Wald test of linear hypotheses, e.g. ``fit.test("age_c_girl = 0", "age_sp_girl = 0")``."""
+        from .inference import wald_test
+
+        return wald_test(self, *equations)
+
+    def robust_vcov(self, group: str | None = None) -> pd.DataFrame:
+        """Cluster-robust (sandwich) covariance of the fixed effects (Stata ``vce(robust)``)."""
+        from .inference import robust_vcov
+
+        return robust_vcov(self, group)
+
     # ------------------------------------------------------------------ presentation
+    #: "var" (variances) or "sd" (SDs and correlations) for printed random-effects tables.
+    display_scale = "var"
+
     def summary(self, **options: object) -> str:
         """Stata-style text summary (see :func:`mixedfx.output.summary_text` for options)."""
         from .output import summary_text
 
         return summary_text(self, **options)
 
-    def to_dict(self, ranef: bool = False) -> dict:
+    def to_dict(self, ranef: bool = False, dfmethod: str | None = None) -> dict:
         """JSON-ready dictionary of the results (the CLI's ``--json`` layout)."""
         from .output import results_dict
 
-        return results_dict(self, ranef=ranef)
+        return results_dict(self, ranef=ranef, dfmethod=dfmethod)
+
+    def _repr_html_(self) -> str:
+        from .output import html_summary
+
+        return html_summary(self)
 
     def __str__(self) -> str:
         return self.summary()
