@@ -79,6 +79,12 @@ def test_children_random_intercept_icc_and_lr_test():
     assert icc.loc["id", "lower"] < icc.loc["id", "icc"] < icc.loc["id", "upper"]
     lr = fit.lr_test_vs_linear()
     assert lr.kind == "chibar2(01)"
+    X, y = fit.design.X, fit.design.y
+    rss = np.sum((y - X @ np.linalg.lstsq(X, y, rcond=None)[0]) ** 2)
+    n = len(y)
+    ols_loglik = -n / 2 * (1 + np.log(2 * np.pi * rss / n))
+    assert lr.statistic == pytest.approx(2 * (fit.loglik - ols_loglik), rel=1e-8)
+    assert lr.pvalue < 1e-10
     assert "chibar2(01)" in str(fit) and "id: Identity" in str(fit)
 
 
