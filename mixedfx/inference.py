@@ -199,8 +199,10 @@ def varcomp_table(result, level: float = 0.95, scale: str = "var") -> pd.DataFra
             for i in range(q):
                 n = position[(b, t, "lsd", 0 if shared else i, 0 if shared else i)]
                 rows.append(_sd_row(block.name, title, names[i], phi[n], se_phi[n], z, scale))
-                if term.structure.kind == "identity" and q > 1:
-                    rows[-1]["parameter"] = f"{'var' if scale == 'var' else 'sd'}({names[0]}..{names[-1]})"
+                if shared and q > 1:
+                    rows[-1]["parameter"] = (
+                        f"{'var' if scale == 'var' else 'sd'}({_label(names[0])}..{_label(names[-1])})"
+                    )
                     break
             if term.structure.kind in ("unstructured", "exchangeable") and q > 1:
                 for j in range(q):

@@ -327,6 +327,28 @@ class MixedResults:
 
         return robust_vcov(self, group)
 
+    def confint(
+        self, method: str = "wald", level: float = 0.95, n_boot: int = 500, seed: int | None = 0, progress: bool = True
+    ) -> pd.DataFrame:
+        """Confidence intervals for fixed effects, SDs, correlations and sigma.
+
+        ``method``: ``"wald"`` (Stata's delta-method intervals), ``"profile"`` (profile
+        likelihood) or ``"bootstrap"`` (parametric, ``n_boot`` replicates, seeded).
+        """
+        from .intervals import bootstrap, profile_intervals
+
+        if method == "profile":
+            return profile_intervals(self, level)
+        if method == "bootstrap":
+            return bootstrap(self, n_boot=n_boot, seed=seed, level=level, progress=progress)[0]
+        if method != "wald":
+            from .errors import OptionError
+
+            raise OptionError(f"method must be 'wald', 'profile' or 'bootstrap', not {method!r}.")
+        fixed = self.coef_table(level)[["estimate", "lower", "upper"]]
+        variance = self.re_table(level, scale="sd").set_index("parameter")[["estimate", "lower", "upper"]]
+        return pd.concat([fixed, variance]).rename_axis("parameter")
+
     # ------------------------------------------------------------------ presentation
     #: "var" (variances) or "sd" (SDs and correlations) for printed random-effects tables.
     display_scale = "var"
