@@ -24,7 +24,7 @@ def lme4_reference_names() -> list[str]:
     names = []
     for path in sorted(REFERENCE_DIR.glob("*.json")):
         ref = json.loads(path.read_text())
-        if "formula" in ref and not ref.get("correlation") and not ref.get("weights"):
+        if "theta" in ref and "data" in ref and not ref.get("correlation") and not ref.get("weights"):
             names.append(path.stem)
     return names
 
