@@ -1,4 +1,4 @@
-"""Command-line interface: ``mixedfx fit DATA FORMULA [options]``.
+"""Command-line interface: ``mixedfx fit DATA FORMULA [options]`` and ``mixedfx report ...``.
 
 DATA is a ``.csv``/``.tsv``, ``.dta`` or ``.parquet`` file, or the name of a bundled data
 set (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``).  Errors print one
@@ -44,7 +44,37 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dfmethod", choices=["satterthwaite", "kroger"], help="t tests with Satterthwaite or Kenward-Roger df"
     )
     fit.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    rep = sub.add_parser("report", help="fit a model and write a self-contained HTML report")
+    rep.add_argument("data", help="data file (.csv, .tsv, .dta, .parquet) or bundled data set name")
+    rep.add_argument("formula", help="lme4 formula")
+    rep.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    rep.add_argument("--method", default="reml", choices=["reml", "ml"])
+    rep.add_argument("--weights", help="column of observation weights")
+    rep.add_argument("--x", help="covariate for trajectory and per-cluster OLS plots (default: first random slope)")
+    rep.add_argument("--time", help="occasion variable for the residual autocorrelation section")
+    rep.add_argument("--by", help="covariate to panel the trajectories by")
+    rep.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .model import fit
+
+    data = _load(args.data)
+    for name in (args.x, args.time, args.by):
+        if name is not None and name not in data.columns:
+            from .errors import DataError, suggest
+
+            raise DataError(f"Unknown column {name!r}.{suggest(name, map(str, data.columns))}")
+    print("report: fitting the model", file=sys.stderr, flush=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(args.formula, data, method=args.method, weights=args.weights)
+    for w in caught:
+        print(f"mixedfx: warning: {w.message}", file=sys.stderr)
+    path = result.report(args.output, x=args.x, time=args.time, by=args.by)
+    print(f"report written to {path}", file=sys.stderr)
+    return 0
 
 
 def _run_fit(args: argparse.Namespace) -> int:
@@ -69,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mixedfx`` command; returns the exit status."""
     args = _build_parser().parse_args(argv)
     try:
-        return _run_fit(args)
+        return _run_report(args) if args.command == "report" else _run_fit(args)
     except MixedFXError as exc:
         if args.debug:
             raise

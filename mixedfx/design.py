@@ -369,5 +369,5 @@ def build_design(
         row_index=frame.index,
         fixed_spec=spec,
         response_name=parsed.response,
-        data=frame,
+        data=data.loc[mask],
     )

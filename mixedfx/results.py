@@ -365,6 +365,12 @@ class MixedResults:
 
         return results_dict(self, ranef=ranef, dfmethod=dfmethod)
 
+    def report(self, path, x: str | None = None, time: str | None = None, by: str | None = None, progress: bool = True):
+        """Write a self-contained HTML report (tables, ICC, ranking, plots); see :mod:`mixedfx.report`."""
+        from .report import write_report
+
+        return write_report(self, path, x=x, time=time, by=by, progress=progress)
+
     def _repr_html_(self) -> str:
         from .output import html_summary
 
