@@ -163,13 +163,12 @@ def predicted_curves(
         ax.fill_between(part[x], part["lower"], part["upper"], color=colour, alpha=0.15)
     individuals = curves[curves["curve"] != "population"]
     for k, (name, part) in enumerate(individuals.groupby("curve", sort=False)):
-        _, _, marker = STYLES[(k + 1) % len(STYLES)]
-        ax.plot(
-            part[x], part["prediction"], color="0.4", linewidth=1, linestyle="-", label=f"{group or 'cluster'} {name}"
-        )
+        colour, style, marker = STYLES[(k + 2) % len(STYLES)]
+        label = f"{group or 'cluster'} {name}"
+        ax.plot(part[x], part["prediction"], color=colour, linewidth=1.2, linestyle=style, label=f"{label}: predicted")
         if data is not None and y is not None and group is not None:
             obs = data[data[group].astype(str) == str(name)]
-            ax.scatter(obs[x], obs[y], color="0.2", marker=marker, s=25, zorder=3)
+            ax.scatter(obs[x], obs[y], color=colour, marker=marker, s=28, zorder=3, label=f"{label}: observed")
     ax.set_xlabel(x)
     ax.set_ylabel("predicted " + (y or "response"))
     ax.set_title("Predicted mean and individual curves")

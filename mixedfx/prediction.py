@@ -225,7 +225,9 @@ def shrinkage(result, group: str | None = None, min_size: int = 1) -> pd.DataFra
     The OLS fit of each cluster regresses ``y - X_other beta`` on the factor's random-effect
     columns (``X_other``: fixed effects without a random counterpart), so that it estimates
     the same cluster-specific coefficients as the EB estimate ``beta + b_j``.  The shrinkage
-    factor is ``(EB - beta) / (OLS - beta)``: 1 means no shrinkage, 0 full shrinkage.
+    factor is ``(EB - beta) / (OLS - beta)``: 1 means no shrinkage, 0 full shrinkage.  With
+    correlated random effects a term's EB estimate also borrows from the other terms, so
+    its factor can fall outside [0, 1] (look at the two-dimensional shrinkage plot).
     """
     block = _block(result, group)
     fixef = result.fixef

@@ -73,7 +73,7 @@ def test_predicted_curves(growth):
     fig = plots.predicted_curves(curves, "age", by="girl", data=mixedfx.datasets.load_asian(), y="weight", group="id")
     ax = fig.axes[0]
     assert len(ax.lines) == 4  # two mean curves, two children
-    assert len(ax.get_legend().get_texts()) == 4
+    assert len(ax.get_legend().get_texts()) == 6  # plus the children's observed points
     _labelled(fig)
 
 
