@@ -144,6 +144,21 @@ class CovStructure:
         d_r = t * (da * np.eye(q) + (db - da) / q * np.ones((q, q)))
         return np.stack([unit, d_r])
 
+    def theta_from_relative_covariance(self, Gr: np.ndarray) -> np.ndarray:
+        """Parameters theta whose factor reproduces ``Gr = G / sigma^2`` (Gr of this structure's form)."""
+        q = self.q
+        if self.kind == "identity":
+            return np.array([np.sqrt(max(Gr[0, 0], 0.0))])
+        if self.kind == "independent":
+            return np.sqrt(np.maximum(np.diag(Gr), 0.0))
+        if self.kind == "exchangeable":
+            if q == 1:
+                return np.array([np.sqrt(max(Gr[0, 0], 0.0))])
+            return np.array([np.sqrt(max(Gr[0, 0], 0.0)), Gr[1, 0] / Gr[0, 0] if Gr[0, 0] > 0 else 0.0])
+        L = _safe_cholesky(Gr)
+        rows, cols = _tril_indices_colwise(q)
+        return L[rows, cols]
+
     def on_boundary(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
         """True when the structure is singular at ``theta`` (lme4's ``isSingular`` rule)."""
         lower = self.lower_bounds()
@@ -153,6 +168,18 @@ class CovStructure:
         if self.kind == "exchangeable" and self.q > 1:
             return bool(theta[1] > 1 - tol)
         return False
+
+
+def _safe_cholesky(A: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a positive semi-definite matrix (zero columns where singular)."""
+    q = A.shape[0]
+    L = np.zeros_like(A, dtype=float)
+    for j in range(q):
+        d = A[j, j] - L[j, :j] @ L[j, :j]
+        L[j, j] = np.sqrt(d) if d > 1e-14 * max(abs(A[j, j]), 1e-300) else 0.0
+        for i in range(j + 1, q):
+            L[i, j] = (A[i, j] - L[i, :j] @ L[j, :j]) / L[j, j] if L[j, j] > 0 else 0.0
+    return L
 
 
 def _tril_indices_colwise(q: int) -> tuple[np.ndarray, np.ndarray]:

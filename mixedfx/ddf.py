@@ -54,7 +54,7 @@ def _cov_jacobian(result, step: float = 1e-3) -> tuple[np.ndarray, np.ndarray, n
     (Satterthwaite's df is invariant to reparameterisation only to first order).
     """
     deviance, beta_cov = _varpar_functions(result)
-    vp = np.append(result.theta, result.sigma)
+    vp = np.append(result.theta_engine, result.sigma)
     steps = step * np.maximum(np.abs(vp), 1e-2)
     k = vp.size
     H = np.zeros((k, k))

@@ -94,6 +94,35 @@ class ReBlock:
             start += k
         return jac
 
+    def standardising_transform(self) -> np.ndarray:
+        """``T`` (q x q, block diagonal by term) with ``Z T`` centred and scaled where the structure allows.
+
+        The unstructured family is closed under any invertible change of the random-effect
+        columns, so its non-intercept columns are centred on the intercept and scaled;
+        independent (diagonal) terms are scaled only; identity and exchangeable ones are
+        left alone.  Fitting with ``Z T`` and mapping back ``Lambda = T Lambda~`` gives the
+        same model, but keeps calendar years or incomes from making the optimisation
+        ill-conditioned.
+        """
+        T = np.eye(self.q)
+        for term in self.terms:
+            kind = term.structure.kind
+            if kind not in ("unstructured", "independent"):
+                continue
+            cols = list(range(self.q))[term.columns]
+            Z = self.Z[:, cols]
+            intercept = next((k for k in range(len(cols)) if np.all(Z[:, k] == 1.0)), None)
+            for k, col in enumerate(cols):
+                if k == intercept:
+                    continue
+                shift = float(Z[:, k].mean()) if (intercept is not None and kind == "unstructured") else 0.0
+                scale = float(np.sqrt(np.mean((Z[:, k] - shift) ** 2)))
+                scale = scale if scale > 0 else 1.0
+                T[col, col] = 1.0 / scale
+                if shift:
+                    T[cols[intercept], col] = -shift / scale
+        return T
+
     @property
     def n_params(self) -> int:
         """Number of covariance parameters of the block."""

@@ -58,19 +58,13 @@ def _term_phi(structure: CovStructure, G: np.ndarray) -> tuple[list[float], list
     return values, labels
 
 
-def _term_theta(
-    structure: CovStructure, values: np.ndarray, labels: list[tuple[str, int, int]], sigma: float
-) -> np.ndarray:
-    """Relative covariance parameters theta of a term from its phi values and sigma."""
+def _term_covariance(structure: CovStructure, values: np.ndarray, labels: list[tuple[str, int, int]]) -> np.ndarray:
+    """A term's covariance matrix G from its phi values (log-SDs, atanh-correlations)."""
     q = structure.q
-    if structure.kind == "identity":
-        return np.array([np.exp(values[0]) / sigma])
-    if structure.kind == "independent":
-        return np.exp(values) / sigma
-    if structure.kind == "exchangeable":
-        if q == 1:
-            return np.array([np.exp(values[0]) / sigma])
-        return np.array([np.exp(values[0]) / sigma, np.tanh(values[1])])
+    if structure.kind in ("identity", "exchangeable"):
+        sd = np.exp(values[0])
+        rho = np.tanh(values[1]) if (structure.kind == "exchangeable" and q > 1) else 0.0
+        return sd**2 * ((1 - rho) * np.eye(q) + rho * np.ones((q, q)))
     sd = np.zeros(q)
     corr = np.eye(q)
     for v, (kind, i, j) in zip(values, labels):
@@ -78,10 +72,7 @@ def _term_theta(
             sd[i] = np.exp(v)
         else:
             corr[i, j] = corr[j, i] = np.tanh(v)
-    G = corr * np.outer(sd, sd) / sigma**2
-    L = np.linalg.cholesky(G)
-    rows, cols = np.triu_indices(q)
-    return L[cols, rows]
+    return corr * np.outer(sd, sd)
 
 
 class VarianceParameterisation:
@@ -105,10 +96,20 @@ class VarianceParameterisation:
         self.phi_hat = np.array(values)
 
     def theta_sigma(self, phi: np.ndarray) -> tuple[np.ndarray, float]:
-        """theta (engine order) and sigma for a phi vector."""
+        """Engine theta and sigma for a phi vector."""
         sigma = float(np.exp(phi[-1]))
-        thetas = [_term_theta(structure, phi[where], labels, sigma) for structure, where, labels in self.terms]
-        return np.concatenate(thetas), sigma
+        blocks = self.result.design.blocks
+        relative, structures = [], []
+        k = 0
+        for block in blocks:
+            G = np.zeros((block.q, block.q))
+            for term in block.terms:
+                structure, where, labels = self.terms[k]
+                G[term.columns, term.columns] = _term_covariance(structure, phi[where], labels)
+                k += 1
+            relative.append(G / sigma**2)
+            structures.append([(term.columns, term.structure) for term in block.terms])
+        return self.result.deviance_function.engine_theta(relative, structures), sigma
 
     def deviance(self, phi: np.ndarray) -> float:
         """Deviance (original scale) at phi, profiled over the fixed effects only."""
@@ -146,7 +147,7 @@ def _boundary_flags(result, param: VarianceParameterisation) -> np.ndarray:
     for b, block in enumerate(result.design.blocks):
         for t, term in enumerate(block.terms):
             k = term.structure.n_params
-            per_term[(b, t)] = term.structure.on_boundary(result.theta[start : start + k], tol=1e-6)
+            per_term[(b, t)] = term.structure.on_boundary(result.theta_engine[start : start + k], tol=1e-6)
             start += k
     for n, info in enumerate(param.infos):
         if info.block >= 0 and per_term[(info.block, info.term)]:

@@ -113,7 +113,7 @@ def _refit(result, y: np.ndarray | None = None, offset_column: int | None = None
     deviance, scaling = build_deviance(design, result.reml)
     _, lower, upper = theta_bounds(design)
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
-    report = minimize_deviance(deviance, result.theta, lower, upper, value_and_gradient=gradient)
+    report = minimize_deviance(deviance, result.theta_engine, lower, upper, value_and_gradient=gradient)
     return MixedResults(design, deviance, scaling, report, result.reml)
 
 

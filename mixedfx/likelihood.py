@@ -114,6 +114,29 @@ class ProfiledDeviance:
             start += k
         return out
 
+    def original_lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
+        """Relative covariance factors for the original (untransformed) random-effect columns.
+
+        The statistics use ``Z T`` (see ``ReBlock.standardising_transform``); the factor of
+        the original columns is ``T Lambda``.
+        """
+        lams = self.lambdas(theta)
+        transforms = getattr(self, "z_transforms", None)
+        if transforms is None:
+            return lams
+        return [T @ lam for T, lam in zip(transforms, lams)]
+
+    def engine_theta(self, relative_covariances: list[np.ndarray], structures_by_block: list[list]) -> np.ndarray:
+        """Engine parameters theta from each block's ``G / sigma^2`` on the original columns."""
+        transforms = getattr(self, "z_transforms", None) or [np.eye(G.shape[0]) for G in relative_covariances]
+        thetas = []
+        for Gr, T, terms in zip(relative_covariances, transforms, structures_by_block):
+            Tinv = np.linalg.inv(T)
+            Gt = Tinv @ Gr @ Tinv.T
+            for columns, structure in terms:
+                thetas.append(structure.theta_from_relative_covariance(Gt[columns, columns]))
+        return np.concatenate(thetas)
+
     def _rest_lambda(self, lams: list[np.ndarray]) -> sp.csr_matrix:
         """Sparse block-diagonal Lambda of the factors after the first (level-major)."""
         parts = [

@@ -37,16 +37,19 @@ def _check_method(method: str) -> bool:
 def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object]:
     """Standardise the design, reduce it to sufficient statistics and return the deviance."""
     Xs, ys, scaling = standardise(design.X, design.y)
+    transforms = [b.standardising_transform() for b in design.blocks]
     stats = compute_stats(
         [b.codes for b in design.blocks],
-        [b.Z for b in design.blocks],
+        [b.Z @ T for b, T in zip(design.blocks, transforms)],
         [b.n_levels for b in design.blocks],
         Xs,
         ys,
         design.weights,
     )
     factors = [(b.n_params, b.factor_matrix, b.factor_jacobian) for b in design.blocks]
-    return ProfiledDeviance(stats, factors, reml), scaling
+    deviance = ProfiledDeviance(stats, factors, reml)
+    deviance.z_transforms = transforms
+    return deviance, scaling
 
 
 def theta_bounds(design: Design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

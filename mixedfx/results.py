@@ -27,7 +27,8 @@ class MixedResults:
     fixef, se: fixed effects and their standard errors (pandas Series).
     vcov: covariance matrix of the fixed effects (DataFrame).
     sigma: residual standard deviation.
-    theta: relative covariance parameters (lme4's theta for unstructured terms).
+    theta: relative covariance parameters (lme4's theta for unstructured terms); the
+        optimiser's own parameters (for standardised random-effect columns) are ``theta_engine``.
     varcorr: variance components, one row per variance, covariance and the residual,
         columns ``group, var1, var2, vcov, sdcor`` (as lme4's ``as.data.frame(VarCorr())``).
     nobs, ngroups: number of observations and of groups per grouping factor.
@@ -42,9 +43,9 @@ class MixedResults:
         self.reml = reml
         self.method = "REML" if reml else "ML"
         self.formula = design.formula.text
-        self.theta = np.asarray(report.theta, dtype=float)
+        self.theta_engine = np.asarray(report.theta, dtype=float)
         self.converged = bool(report.converged)
-        self.solution: Solution = deviance.solve(self.theta)
+        self.solution: Solution = deviance.solve(self.theta_engine)
         self.nobs = design.nobs
         self.n_missing = design.n_missing
         self.ngroups = {b.name: b.n_levels for b in design.blocks}
@@ -93,7 +94,18 @@ class MixedResults:
     @cached_property
     def lambdas(self) -> list[np.ndarray]:
         """Relative covariance factor of each grouping factor at the optimum."""
-        return self.deviance_function.lambdas(self.theta)
+        return self.deviance_function.original_lambdas(self.theta_engine)
+
+    @cached_property
+    def theta(self) -> np.ndarray:
+        """Relative covariance parameters as lme4 reports them (Cholesky of G / sigma^2 for
+        unstructured terms, relative SDs for independent ones), block by block, term by term."""
+        out = []
+        for block, lam in zip(self.design.blocks, self.lambdas):
+            Gr = lam @ lam.T
+            for term in block.terms:
+                out.append(term.structure.theta_from_relative_covariance(Gr[term.columns, term.columns]))
+        return np.concatenate(out)
 
     @cached_property
     def G(self) -> dict[str, pd.DataFrame]:
@@ -130,7 +142,7 @@ class MixedResults:
         for block in self.design.blocks:
             for term in block.terms:
                 k = term.structure.n_params
-                if term.structure.on_boundary(self.theta[start : start + k]):
+                if term.structure.on_boundary(self.theta_engine[start : start + k]):
                     return True
                 start += k
         return False

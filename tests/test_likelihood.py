@@ -18,7 +18,7 @@ from mixedfx.model import build_deviance
 def _dense_deviance(design, theta, deviance, reml):
     """-2 log-likelihood from V = sigma^2 (Z Lambda Lambda' Z' + W^{-1}) with beta, sigma profiled."""
     n = design.nobs
-    lams = deviance.lambdas(theta)
+    lams = deviance.original_lambdas(theta)
     Zs = []
     for block, lam in zip(design.blocks, lams):
         J = np.zeros((n, block.n_levels * block.q))
