@@ -24,7 +24,7 @@ from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError
 
 from .covariance import CovStructure, canonical_structure
-from .errors import DataError, FormulaError, RankDeficiencyWarning, suggest
+from .errors import DataError, FormulaError, IdentifiabilityWarning, RankDeficiencyWarning, suggest
 from .formula import ParsedFormula, RandomTerm
 
 #: Relative tolerance for detecting aliased fixed-effect columns (lme4 uses 1e-7).
@@ -294,7 +294,28 @@ def _build_blocks(
     ordered = sorted(blocks.values(), key=lambda b: -b.n_levels)  # lme4's order: most levels first
     for block in ordered:
         _check_block(block, nobs)
+        _warn_constant_slopes(block)
     return ordered
+
+
+def _warn_constant_slopes(block: ReBlock) -> None:
+    """Warn when a random slope does not vary within any cluster (it then only shifts the intercept)."""
+    counts = np.bincount(block.codes, minlength=block.n_levels)
+    intercept = any(np.all(block.Z[:, k] == 1.0) for k in range(block.q))
+    for k, name in enumerate(block.names):
+        col = block.Z[:, k]
+        if not intercept or np.all(col == 1.0):
+            continue
+        means = np.bincount(block.codes, weights=col, minlength=block.n_levels) / np.maximum(counts, 1)
+        spread = np.abs(col - means[block.codes]).max()
+        if spread <= 1e-12 * max(np.abs(col).max(), 1.0):
+            warnings.warn(
+                f"The random slope of {name!r} on {block.name!r} is constant within every cluster: it is "
+                "confounded with the random intercept and identified only through differences in variance "
+                "between clusters. Consider dropping it from the random part.",
+                IdentifiabilityWarning,
+                stacklevel=4,
+            )
 
 
 def _check_block(block: ReBlock, nobs: int) -> None:

@@ -34,6 +34,10 @@ class SingularFitWarning(UserWarning):
     """A variance component is on the boundary (zero variance or correlation of +-1)."""
 
 
+class IdentifiabilityWarning(UserWarning):
+    """A random-effects term is only weakly identified by the design."""
+
+
 class RankDeficiencyWarning(UserWarning):
     """Fixed-effect columns were dropped because they are linear combinations of others."""
 

@@ -69,6 +69,7 @@ def fit(
     covariance: dict[str, str] | None = None,
     missing: str = "drop",
     start: np.ndarray | None = None,
+    max_iterations: int = 1000,
 ) -> MixedResults:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -89,6 +90,8 @@ def fit(
         ``"drop"`` (listwise deletion, reported) or ``"raise"``.
     start:
         starting values of theta (default: relative covariance factor = identity).
+    max_iterations:
+        iteration limit of the optimiser; a fit that reaches it is reported as not converged.
     """
     reml = _check_method(method)
     if missing not in ("drop", "raise"):
@@ -105,7 +108,9 @@ def fit(
         if theta0.shape != lower.shape:
             raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
-    report = minimize_deviance(deviance, theta0, lower, upper, value_and_gradient=gradient)
+    report = minimize_deviance(
+        deviance, theta0, lower, upper, max_iterations=max_iterations, value_and_gradient=gradient
+    )
     result = MixedResults(design, deviance, scaling, report, reml)
     if not report.converged:
         warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=2)
