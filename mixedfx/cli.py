@@ -24,7 +24,7 @@ def _load(source: str):
 
     if not Path(source).exists() and source in datasets.NAMES:
         return datasets.load(source)
-    return read_data(source)
+    return read_data(source, progress=True)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,20 +23,43 @@ def _sniff_delimiter(path: Path) -> str:
         return ","
 
 
-def _read_text_table(path: Path) -> pd.DataFrame:
+#: Text files larger than this are read in chunks with a progress line on stderr.
+PROGRESS_BYTES = 64 * 1024 * 1024
+
+
+def _read_in_chunks(path: Path, delimiter: str, encoding: str) -> pd.DataFrame:
+    """Read a large text table chunk by chunk, reporting the share of the file read."""
+    total = path.stat().st_size
+    chunks = []
+    with open(path, "rb") as handle:
+        reader = pd.read_csv(handle, sep=delimiter, encoding=encoding, chunksize=500_000)
+        for chunk in reader:
+            chunks.append(chunk)
+            print(f"\rreading {path.name}: {min(handle.tell() / total, 1.0):6.1%}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return pd.concat(chunks, ignore_index=True)
+
+
+def _read_text_table(path: Path, progress: bool) -> pd.DataFrame:
     """Read a delimited text file, detecting the delimiter and falling back to Latin-1."""
     delimiter = _sniff_delimiter(path)
-    try:
-        return pd.read_csv(path, sep=delimiter)
-    except UnicodeDecodeError:
-        return pd.read_csv(path, sep=delimiter, encoding="latin-1")
+    big = progress and path.stat().st_size > PROGRESS_BYTES
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            if big:
+                return _read_in_chunks(path, delimiter, encoding)
+            return pd.read_csv(path, sep=delimiter, encoding=encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DataError(f"Cannot decode {str(path)!r} as UTF-8 or Latin-1 text; re-save it as UTF-8.")
 
 
-def read_data(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+def read_data(source: str | Path | pd.DataFrame, progress: bool = False) -> pd.DataFrame:
     """Return ``source`` as a DataFrame: a DataFrame as it is, or a file read by its extension.
 
-    Supported files: ``.csv``/``.tsv``/``.txt`` (delimiter detected), ``.dta`` (Stata),
-    ``.parquet``.  Raises :class:`DataError` naming the file when it cannot be read.
+    Supported files: ``.csv``/``.tsv``/``.txt`` (delimiter detected; UTF-8, else Latin-1),
+    ``.dta`` (Stata), ``.parquet``.  With ``progress``, text files over 64 MiB report how much
+    has been read.  Raises :class:`DataError` naming the file when it cannot be read.
     """
     if isinstance(source, pd.DataFrame):
         return source
@@ -55,7 +79,7 @@ def read_data(source: str | Path | pd.DataFrame) -> pd.DataFrame:
             return pd.read_stata(path)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        return _read_text_table(path)
+        return _read_text_table(path, progress)
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"Cannot read {str(path)!r} as {suffix} data: {first_line}") from exc

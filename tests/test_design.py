@@ -134,3 +134,22 @@ def test_user_dataframe_is_not_modified():
     before = data.copy()
     mixedfx.fit("y ~ x + (1 | g)", data)
     pd.testing.assert_frame_equal(data, before)
+
+
+def test_boolean_string_categorical_and_float_group_columns():
+    data = simulate_two_level()
+    data["flag"] = data["x"] > 0
+    data["label"] = np.where(data["x"] > 0.5, "high", "low")
+    data["cat"] = pd.Categorical(np.where(data["x"] > -0.5, "b", "a"), categories=["a", "b", "unused"])
+    data["gf"] = data["g"] + 0.25
+    fit = mixedfx.fit("y ~ flag + label + cat + (1 | gf)", data)
+    assert fit.fixef.index.tolist() == ["(Intercept)", "flag", "labellow", "catb"]  # booleans enter as 0/1
+    assert fit.ngroups == {"gf": 40} and "0.25" in fit.ranef()["gf"].index[0]
+
+
+def test_duplicated_rows_are_used_as_given():
+    data = simulate_two_level()
+    once = mixedfx.fit("y ~ x + (1 | g)", data)
+    twice = mixedfx.fit("y ~ x + (1 | g)", pd.concat([data, data]))
+    assert twice.nobs == 2 * once.nobs
+    np.testing.assert_allclose(twice.fixef, once.fixef, rtol=0.2)

@@ -34,3 +34,14 @@ def test_unreadable_files_give_clear_errors(tmp_path):
         read_data(tmp_path / "broken.parquet")
     with pytest.raises(DataError, match="directory"):
         read_data(tmp_path)
+
+
+def test_large_text_files_show_progress(tmp_path, capsys, monkeypatch, sleepstudy):
+    import mixedfx.io as io_module
+
+    path = tmp_path / "big.csv"
+    sleepstudy.to_csv(path, index=False)
+    monkeypatch.setattr(io_module, "PROGRESS_BYTES", 100)
+    frame = read_data(path, progress=True)
+    assert "reading big.csv: 100.0%" in capsys.readouterr().err
+    assert frame.shape == sleepstudy.shape
