@@ -32,7 +32,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mixedfx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a linear mixed model and print its summary or JSON")
-    fit.add_argument("data", help="data file (.csv, .tsv, .dta, .parquet) or bundled data set name")
+    fit.add_argument(
+        "data", help="data file (.csv, .tsv, .dta, .parquet), bundled data set name, or with --engine duckdb a glob"
+    )
     fit.add_argument("formula", help="lme4 formula, e.g. 'y ~ x + (1 + x | g)'")
     fit.add_argument("--method", default="reml", choices=["reml", "ml"], help="estimation method (default reml)")
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
@@ -40,6 +42,12 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--weights", help="column of observation weights (residual variance sigma^2/w)")
     fit.add_argument("--level", type=float, default=95.0, help="confidence level in percent (default 95)")
     fit.add_argument("--stddev", action="store_true", help="report SDs and correlations instead of variances")
+    fit.add_argument(
+        "--engine",
+        default="memory",
+        choices=["memory", "duckdb"],
+        help="memory (default) or duckdb: reduce Parquet/CSV files (a glob or directory) in SQL",
+    )
     fit.add_argument(
         "--dfmethod", choices=["satterthwaite", "kroger"], help="t tests with Satterthwaite or Kenward-Roger df"
     )
@@ -82,10 +90,10 @@ def _run_fit(args: argparse.Namespace) -> int:
 
     if not 0 < args.level < 100:
         raise MixedFXError(f"--level must be between 0 and 100, not {args.level}.")
-    data = _load(args.data)
+    data = args.data if args.engine == "duckdb" else _load(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = fit(args.formula, data, method=args.method, weights=args.weights)
+        result = fit(args.formula, data, method=args.method, weights=args.weights, engine=args.engine)
     for w in caught:
         print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     if args.json:

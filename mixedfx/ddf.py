@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from .errors import OptionError
+from .results import require_rows  # noqa: E402
 
 #: Largest independent cluster (rows) for which Kenward-Roger forms dense matrices.
 KR_MAX_CLUSTER = 6000
@@ -163,6 +164,7 @@ def _sigma_parts(result, rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray
 
 def kenward_roger(result) -> dict:
     """Adjusted covariance ``Phi_A`` and the pieces (Phi, P, W) for Kenward-Roger df."""
+    require_rows(result, "Kenward-Roger")
     if result.method != "REML":
         raise OptionError("Kenward-Roger degrees of freedom need a REML fit; refit with method='reml'.")
     n_comp, labels = _components(result)

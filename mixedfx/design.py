@@ -52,15 +52,26 @@ class ReBlock:
 
     name: str
     factor: tuple[str, ...]
-    codes: np.ndarray
+    codes: np.ndarray | None
     levels: list[str]
-    Z: np.ndarray
+    Z: np.ndarray | None
     terms: list[ReTerm] = field(default_factory=list)
+    counts: np.ndarray | None = None  # rows per level, when the rows themselves are not kept
+    moments: tuple[np.ndarray, np.ndarray] | None = None  # column means and SDs of Z, likewise
 
     @property
     def q(self) -> int:
         """Number of random effects per level."""
-        return self.Z.shape[1]
+        if self.Z is not None:
+            return self.Z.shape[1]
+        return sum(len(t.names) for t in self.terms)
+
+    @property
+    def level_counts(self) -> np.ndarray:
+        """Number of observations in each level."""
+        if self.counts is not None:
+            return self.counts
+        return np.bincount(self.codes, minlength=self.n_levels)
 
     @property
     def n_levels(self) -> int:
@@ -105,18 +116,21 @@ class ReBlock:
         ill-conditioned.
         """
         T = np.eye(self.q)
+        if self.Z is not None:
+            mean, sd = self.Z.mean(axis=0), self.Z.std(axis=0)
+        else:
+            mean, sd = self.moments
         for term in self.terms:
             kind = term.structure.kind
             if kind not in ("unstructured", "independent"):
                 continue
             cols = list(range(self.q))[term.columns]
-            Z = self.Z[:, cols]
-            intercept = next((k for k in range(len(cols)) if np.all(Z[:, k] == 1.0)), None)
+            intercept = next((c for c in range(len(cols)) if sd[cols[c]] == 0 and mean[cols[c]] == 1.0), None)
             for k, col in enumerate(cols):
                 if k == intercept:
                     continue
-                shift = float(Z[:, k].mean()) if (intercept is not None and kind == "unstructured") else 0.0
-                scale = float(np.sqrt(np.mean((Z[:, k] - shift) ** 2)))
+                shift = float(mean[col]) if (intercept is not None and kind == "unstructured") else 0.0
+                scale = float(np.sqrt(sd[col] ** 2 + (mean[col] - shift) ** 2))
                 scale = scale if scale > 0 else 1.0
                 T[col, col] = 1.0 / scale
                 if shift:
@@ -145,11 +159,12 @@ class Design:
     fixed_spec: object = None
     response_name: str = ""
     data: pd.DataFrame | None = None
+    n_rows: int | None = None  # the number of observations when the rows are not kept (reduced data)
 
     @property
     def nobs(self) -> int:
         """Number of observations used in the fit."""
-        return len(self.y)
+        return len(self.y) if self.y is not None else int(self.n_rows)
 
 
 def lme4_name(name: str) -> str:

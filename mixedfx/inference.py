@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats as st
 
 from .covariance import CovStructure
+from .results import require_rows  # noqa: E402
 
 #: Step (on the log-SD / atanh scale) of the central differences for the Hessian.
 HESSIAN_STEP = 1e-4
@@ -457,6 +458,7 @@ def wcovariance(result, group: str | None = None, cluster: object | None = None)
     ``group``); random slopes make its diagonal depend on the covariates (the lecture's
     ``var(xi_ij) = tau_1^2 + 2 tau_12 x + tau_2^2 x^2 + sigma^2``).
     """
+    require_rows(result, "The within-cluster covariance")
     label, rows, name = _cluster_rows(result, group, cluster)
     V = np.zeros((rows.size, rows.size))
     for block in result.design.blocks:
@@ -633,6 +635,7 @@ def robust_vcov(result, group: str | None = None, small_sample: bool = True) -> 
     fewest levels; every other factor must nest in it).  ``small_sample`` multiplies by
     ``C / (C - 1)`` for C clusters.
     """
+    require_rows(result, "The robust (sandwich) covariance")
     blocks = result.design.blocks
     top = min(blocks, key=lambda b: b.n_levels) if group is None else next(b for b in blocks if b.name == group)
     for block in blocks:

@@ -34,6 +34,30 @@ def _check_method(method: str) -> bool:
     raise OptionError(f"Unknown method {method!r}: use 'reml' or 'ml'.")
 
 
+def _choose_engine(engine: str, data: object) -> str:
+    """Resolve ``engine="auto"`` and validate the name."""
+    if engine not in ("auto", "memory", "duckdb", "dask"):
+        raise OptionError(f"Unknown engine {engine!r}: use 'memory', 'duckdb' or 'dask'.")
+    if engine == "auto":
+        return "dask" if type(data).__module__.startswith("dask") else "memory"
+    return engine
+
+
+def _fit_out_of_memory(engine, formula, data, method, weights, covariance) -> MixedResults:
+    """Reduce with DuckDB or Dask, then fit from the sufficient statistics."""
+    from .reduce import fit_reduced, reduce_dask, reduce_duckdb
+
+    _check_method(method)
+    if weights is not None and not isinstance(weights, str):
+        raise OptionError(f"With engine={engine!r}, weights must name a column.")
+    reduced = (
+        reduce_duckdb(formula, data, weights=weights)
+        if engine == "duckdb"
+        else reduce_dask(formula, data, weights=weights)
+    )
+    return fit_reduced(reduced, method=method, covariance=covariance)
+
+
 def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object]:
     """Standardise the design, reduce it to sufficient statistics and return the deviance."""
     Xs, ys, scaling = standardise(design.X, design.y)
@@ -70,6 +94,7 @@ def fit(
     missing: str = "drop",
     start: np.ndarray | None = None,
     max_iterations: int = 1000,
+    engine: str = "auto",
 ) -> MixedResults:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -92,7 +117,15 @@ def fit(
         starting values of theta (default: relative covariance factor = identity).
     max_iterations:
         iteration limit of the optimiser; a fit that reaches it is reported as not converged.
+    engine:
+        ``"memory"`` (rows in memory), ``"duckdb"`` (Parquet/CSV files, a glob or a directory,
+        reduced in SQL without loading the rows), ``"dask"`` (a Dask DataFrame, reduced by
+        map-reduce over its partitions) or ``"auto"`` (dask for a Dask DataFrame, else memory).
+        The out-of-memory engines need one grouping factor or nested ones.
     """
+    engine = _choose_engine(engine, data)
+    if engine != "memory":
+        return _fit_out_of_memory(engine, formula, data, method, weights, covariance)
     reml = _check_method(method)
     if missing not in ("drop", "raise"):
         raise OptionError(f"missing must be 'drop' or 'raise', not {missing!r}.")

@@ -20,6 +20,7 @@ from scipy import stats as st
 
 from .design import ReBlock, lme4_name
 from .errors import DataError, OptionError
+from .results import require_rows  # noqa: E402
 
 POPULATION = ("population", "xb", "fixed", 0)
 SUBJECT = ("subject", "fitted", "conditional", 1)
@@ -86,6 +87,7 @@ def predict(
         raise OptionError(f"interval must be None, 'confidence' or 'prediction', not {interval!r}.")
     design = result.design
     if data is None:
+        require_rows(result, "Predictions for the estimation rows")
         X = design.X
         Zs = [b.Z for b in design.blocks]
         codes = [b.codes for b in design.blocks]
@@ -136,6 +138,7 @@ def predict(
 
 def fitted(result, level: str = "subject") -> pd.Series:
     """Fitted values on the estimation rows (subject-specific by default)."""
+    require_rows(result, "Fitted values")
     return predict(result, level=level)["prediction"].rename("fitted")
 
 
@@ -144,6 +147,7 @@ def residuals(result, level: str = "subject", kind: str = "raw") -> pd.Series:
 
     ``level="population"`` gives marginal residuals ``y - X beta``.
     """
+    require_rows(result, "Residuals")
     if kind not in ("raw", "pearson"):
         raise OptionError(f"kind must be 'raw' or 'pearson', not {kind!r}.")
     fit = fitted(result, level).to_numpy()
@@ -229,6 +233,7 @@ def shrinkage(result, group: str | None = None, min_size: int = 1) -> pd.DataFra
     correlated random effects a term's EB estimate also borrows from the other terms, so
     its factor can fall outside [0, 1] (look at the two-dimensional shrinkage plot).
     """
+    require_rows(result, "Shrinkage (per-cluster OLS)")
     block = _block(result, group)
     fixef = result.fixef
     terms = block.names

@@ -18,6 +18,7 @@ import pandas as pd
 from . import plots
 from .autocorrelation import autocorrelation
 from .prediction import ols_by_group
+from .results import require_rows  # noqa: E402
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -78,6 +79,7 @@ def build_report(
     progress: bool = True,
 ) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
+    require_rows(fit, "The report")
     data = fit.design.data
     block = fit.design.blocks[0]
     group = block.factor[0] if len(block.factor) == 1 else None

@@ -64,7 +64,7 @@ class MixedResults:
         Scaling y by ``s`` adds ``n log s^2`` (ML) or ``(n - p) log s^2`` (REML); the REML
         term ``log|R_X|^2`` also changes by ``2 log|det T|`` under ``X~ = X T``.
         """
-        n, p = self.nobs, self.design.X.shape[1]
+        n, p = self.nobs, len(self.design.fixed_names)
         log_s2 = 2.0 * np.log(self.scaling.y_scale)
         if self.reml:
             return deviance_tilde + (n - p) * log_s2 - 2.0 * self.scaling.log_det_T
@@ -153,7 +153,7 @@ class MixedResults:
         """Observations per group (min, mean, max) for each grouping factor."""
         rows = {}
         for block in self.design.blocks:
-            counts = np.bincount(block.codes, minlength=block.n_levels)
+            counts = block.level_counts
             rows[block.name] = {
                 "groups": block.n_levels,
                 "min": int(counts.min()),
@@ -212,7 +212,7 @@ class MixedResults:
         for block, mode, cov, comp in zip(self.design.blocks, modes, covs, comparative):
             sd = np.sqrt(np.maximum(np.diagonal(cov, axis1=0, axis2=1), 0.0))
             sd_comp = np.sqrt(np.maximum(np.diagonal(comp, axis1=0, axis2=1), 0.0))
-            sizes = np.bincount(block.codes, minlength=block.n_levels)
+            sizes = block.level_counts
             for k, name in enumerate(block.names):
                 frames.append(
                     pd.DataFrame(
@@ -393,6 +393,17 @@ class MixedResults:
 
     def __repr__(self) -> str:
         return f"<MixedResults {self.method}: {self.formula!r}, nobs={self.nobs}, loglik={self.loglik:.4f}>"
+
+
+def require_rows(result, what: str) -> None:
+    """Raise a clear error when ``what`` needs the data rows but the fit was made from reduced data."""
+    if result.design.X is None:
+        from .errors import OptionError
+
+        raise OptionError(
+            f"{what} needs the rows of the data, but this model was fitted from reduced data (sufficient "
+            "statistics); refit in memory with mixedfx.fit(..., engine='memory') for it."
+        )
 
 
 def _inverse_from_lower(RX: np.ndarray) -> np.ndarray:

@@ -1,0 +1,856 @@
+"""Pluggable data reduction: fit from sufficient statistics computed by DuckDB, Dask or pandas.
+
+For one grouping factor, or factors nested in one another, the likelihood needs the data
+only through per-cluster cross-products.  Every backend here produces the same thing,
+:class:`ClusterSums`: for each cluster of the innermost factor, ``Z'Z``, ``Z'X~`` and
+``Z'y~`` (all factors' random-effect columns ``Z``, standardised ``X~`` and ``y~``) and the
+labels of the outer levels it belongs to, plus the global ``X~'X~``, ``X~'y~``, ``y~'y~``.
+:func:`assemble` turns that into the engine's statistics, and :class:`ReducedData` keeps
+them with the model's metadata so the reduction can be saved and refitted (ML or REML,
+other covariance structures) without touching the rows again.
+
+Three passes over the data: (1) counts, missing values and the levels of categorical
+variables; (2) means and SDs of the model's columns; (3) the cross-products.  The DuckDB
+backend does all three in SQL; the column expressions are derived from formulaic's column
+names and checked against formulaic on a sample before use, so the SQL computes exactly
+the design formulaic would.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from formulaic import Formula, model_matrix
+
+from .covariance import CovStructure, canonical_structure
+from .design import Design, ReBlock, ReTerm, lme4_name
+from .errors import DataError, FormulaError, OptionError, RankDeficiencyWarning, suggest
+from .formula import ParsedFormula, parse_formula
+from .stats import Scaling, SufficientStats
+
+# ---------------------------------------------------------------------------- data model
+
+
+@dataclass
+class ColumnPlan:
+    """The model's columns: names and how to compute them (formulaic specs, SQL expressions)."""
+
+    response: str
+    fixed_names: list[str]
+    fixed_spec: object
+    terms: list[tuple[str, tuple[str, ...], str, list[str], object]]  # expr, factor, kind, names, spec
+    categorical_levels: dict[str, list]
+    variables: list[str]
+
+
+@dataclass
+class ClusterSums:
+    """Per innermost-cluster cross-products and global sums (see the module docstring)."""
+
+    keys: pd.DataFrame  # one column per grouping factor (labels), one row per innermost cluster
+    counts: np.ndarray
+    ZZ: np.ndarray  # (C, Q, Q) over all factors' random-effect columns
+    ZX: np.ndarray  # (C, Q, p)
+    Zy: np.ndarray  # (C, Q)
+    XX: np.ndarray
+    Xy: np.ndarray
+    yy: float
+    sum_log_weights: float = 0.0
+
+
+@dataclass
+class ReducedData:
+    """A model's data reduced to sufficient statistics; fit it with :func:`fit_reduced`."""
+
+    formula: ParsedFormula
+    plan: ColumnPlan
+    blocks: list[ReBlock]
+    stats: SufficientStats  # raw random-effect columns, standardised X and y
+    scaling: Scaling
+    nobs: int
+    n_missing: int
+    dropped_fixed: list[str] = field(default_factory=list)
+    weighted: bool = False
+
+    def save(self, path: str | Path) -> Path:
+        """Write the reduction to ``path`` (pickle); reload with :func:`load_reduced`."""
+        path = Path(path)
+        with open(path, "wb") as handle:
+            pickle.dump(self, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+
+def load_reduced(path: str | Path) -> ReducedData:
+    """Load a reduction saved with :meth:`ReducedData.save` (only load files you trust)."""
+    with open(path, "rb") as handle:
+        data = pickle.load(handle)
+    if not isinstance(data, ReducedData):
+        raise DataError(f"{str(path)!r} does not hold a mixedfx reduction.")
+    return data
+
+
+# ---------------------------------------------------------------------------- column planning
+
+
+def _check_reducible(parsed: ParsedFormula) -> None:
+    if not parsed.random:
+        raise FormulaError(f"The formula {parsed.text!r} has no random-effects term; add one such as (1 | group).")
+
+
+def plan_columns(parsed: ParsedFormula, prototype: pd.DataFrame, levels: dict[str, list]) -> ColumnPlan:
+    """Formulaic specs of the model's columns, built on a sample with every categorical level."""
+    frame = prototype.copy()
+    for col, values in levels.items():
+        frame[col] = pd.Categorical(frame[col], categories=values)
+    mm = model_matrix(parsed.fixed_formula, frame, na_action="raise")
+    if mm.lhs.shape[1] != 1:
+        raise DataError(f"The response {parsed.response!r} must be one numeric column.")
+    terms = []
+    for term in parsed.random:
+        zm = model_matrix(term.expr, frame, na_action="raise")
+        terms.append((term.expr, term.factor, term.covariance, [lme4_name(str(c)) for c in zm.columns], zm.model_spec))
+    variables = sorted(
+        {str(v) for v in Formula(parsed.fixed_formula).required_variables}
+        | {str(v) for t in parsed.random for v in Formula(t.expr).required_variables}
+        | {f for t in parsed.random for f in t.factor}
+    )
+    return ColumnPlan(
+        response=parsed.response,
+        fixed_names=[lme4_name(str(c)) for c in mm.rhs.columns],
+        fixed_spec=mm.rhs.model_spec,
+        terms=terms,
+        categorical_levels=levels,
+        variables=variables,
+    )
+
+
+def _matrices(plan: ColumnPlan, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """y, X and each term's Z for a chunk of rows (categoricals coded with the full level sets)."""
+    frame = frame.copy()
+    for col, values in plan.categorical_levels.items():
+        frame[col] = pd.Categorical(frame[col], categories=values)
+    X = np.asarray(plan.fixed_spec.get_model_matrix(frame, na_action="raise"), dtype=float)
+    y = np.asarray(model_matrix(plan.response, frame, na_action="raise"), dtype=float)[:, -1]
+    Zs = [np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=float) for *_, spec in plan.terms]
+    return y, X, Zs
+
+
+def _keys(plan: ColumnPlan, frame: pd.DataFrame) -> pd.DataFrame:
+    """Level labels of every grouping factor, one column per factor (``g2:g1`` joined by ':')."""
+    from .design import _level_label
+
+    out = {}
+    for _, factor, *_ in plan.terms:
+        name = ":".join(factor)
+        if name not in out:
+            out[name] = frame[list(factor)].apply(lambda col: col.map(_level_label)).agg(":".join, axis=1).to_numpy()
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------- assembling statistics
+
+
+def _block_order(plan: ColumnPlan, keys: pd.DataFrame) -> list[str]:
+    """Factor names, most levels first (the innermost factor first)."""
+    names = list(dict.fromkeys(":".join(f) for _, f, *_ in plan.terms))
+    return sorted(names, key=lambda n: -keys[n].nunique())
+
+
+def _make_blocks(
+    plan: ColumnPlan, order: list[str], level_lists: dict, counts: dict, moments: dict, covariance: dict | None
+) -> list[ReBlock]:
+    """Metadata-only :class:`ReBlock` objects (no rows) in engine order."""
+    blocks = []
+    for name in order:
+        block = ReBlock(
+            name, tuple(name.split(":")), None, level_lists[name], None, counts=counts[name], moments=moments[name]
+        )
+        start = 0
+        for expr, factor, kind, names, spec in plan.terms:
+            if ":".join(factor) != name:
+                continue
+            if covariance:
+                for key in (name, factor[0]):
+                    if key in covariance:
+                        kind = canonical_structure(covariance[key])
+                        break
+            block.terms.append(
+                ReTerm(expr, names, CovStructure(kind, len(names)), slice(start, start + len(names)), spec)
+            )
+            start += len(names)
+        blocks.append(block)
+    return blocks
+
+
+def _z_layout(plan: ColumnPlan) -> dict[str, list[int]]:
+    """Positions of each factor's columns in the concatenated Z of all terms (plan order)."""
+    layout: dict[str, list[int]] = {}
+    offset = 0
+    for _, factor, _, names, _ in plan.terms:
+        layout.setdefault(":".join(factor), []).extend(range(offset, offset + len(names)))
+        offset += len(names)
+    return layout
+
+
+def assemble(sums: ClusterSums, plan: ColumnPlan, p: int) -> tuple[SufficientStats, list[str], dict, dict, dict]:
+    """Engine statistics (raw random-effect columns) from per-innermost-cluster sums.
+
+    Requires nesting: every outer factor must be constant within each innermost cluster.
+    """
+    keys = sums.keys
+    order = _block_order(plan, keys)
+    inner = order[0]
+    if keys[inner].duplicated().any():
+        raise DataError(f"Internal error: clusters of {inner!r} are not unique after reduction.")
+    sort = np.argsort(keys[inner].to_numpy(), kind="stable")
+    keys = keys.iloc[sort].reset_index(drop=True)
+    counts_c = sums.counts[sort]
+    ZZ, ZX, Zy = sums.ZZ[sort], sums.ZX[sort], sums.Zy[sort]
+    layout = _z_layout(plan)
+    level_lists, codes, counts = {}, {}, {}
+    for name in order:
+        labels, inverse = np.unique(keys[name].to_numpy().astype(str), return_inverse=True)
+        level_lists[name] = [str(v) for v in labels]
+        codes[name] = inverse
+        counts[name] = np.bincount(inverse, weights=counts_c, minlength=len(labels)).astype(int)
+    i1 = layout[inner]
+    q1, m1 = len(i1), len(level_lists[inner])
+    stats = SufficientStats(
+        n=int(counts_c.sum()),
+        p=p,
+        XtX=sums.XX,
+        Xty=sums.Xy,
+        yty=float(sums.yy),
+        sum_log_weights=sums.sum_log_weights,
+        first_q=q1,
+        first_ZtZ=np.ascontiguousarray(ZZ[:, i1][:, :, i1].transpose(1, 2, 0)),
+        first_ZtX=np.ascontiguousarray(ZX[:, i1].transpose(1, 2, 0)),
+        first_Zty=np.ascontiguousarray(Zy[:, i1].T),
+        rest_sizes=[(len(layout[n]), len(level_lists[n])) for n in order[1:]],
+    )
+    if len(order) > 1:
+        _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
+    return stats, order, level_lists, counts, layout
+
+
+def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1) -> None:
+    """Cross-products of the outer (nesting) factors, placed at each cluster's outer levels."""
+    offsets, dims = {}, {}
+    total = 0
+    for name in order[1:]:
+        offsets[name] = total
+        dims[name] = len(layout[name]) * len(level_lists[name])
+        total += dims[name]
+    C = ZZ.shape[0]
+    i1 = layout[order[0]]
+    rows, cols, vals = [], [], []
+    dense = np.zeros((total, total))
+    zx = np.zeros((total, ZX.shape[2]))
+    zy = np.zeros(total)
+    cluster = np.arange(C)
+    for k in order[1:]:
+        ik, qk = layout[k], len(layout[k])
+        base_k = offsets[k] + codes[k] * qk
+        for a in range(qk):
+            for b in range(q1):
+                rows.append(base_k + a)
+                cols.append(cluster * q1 + b)
+                vals.append(ZZ[:, ik[a], i1[b]])
+            np.add.at(zx, base_k + a, ZX[:, ik[a]])
+            np.add.at(zy, base_k + a, Zy[:, ik[a]])
+        for j in order[1:]:
+            ij, qj = layout[j], len(layout[j])
+            base_j = offsets[j] + codes[j] * qj
+            for a in range(qk):
+                for b in range(qj):
+                    np.add.at(dense, (base_k + a, base_j + b), ZZ[:, ik[a], ij[b]])
+    stats.rest_Z1 = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(total, m1 * q1)
+    ).tocsr()
+    stats.rest_ZtZ = dense
+    stats.rest_ZtX = zx
+    stats.rest_Zty = zy
+
+
+def transform_random_columns(stats: SufficientStats, transforms: list[np.ndarray]) -> SufficientStats:
+    """Statistics of ``Z T_k`` from those of ``Z`` (per-level congruences; sparse Kronecker for the rest)."""
+    T1 = transforms[0]
+    out = SufficientStats(
+        n=stats.n,
+        p=stats.p,
+        XtX=stats.XtX,
+        Xty=stats.Xty,
+        yty=stats.yty,
+        sum_log_weights=stats.sum_log_weights,
+        first_q=stats.first_q,
+        first_ZtZ=np.ascontiguousarray(np.einsum("ai,abm,bj->ijm", T1, stats.first_ZtZ, T1)),
+        first_ZtX=np.ascontiguousarray(np.einsum("ai,akm->ikm", T1, stats.first_ZtX)),
+        first_Zty=np.ascontiguousarray(T1.T @ stats.first_Zty),
+        rest_sizes=stats.rest_sizes,
+    )
+    if stats.rest_Z1 is not None:
+        K1 = sp.kron(sp.identity(stats.n_first_levels), sp.csr_matrix(T1), format="csr")
+        K2 = sp.block_diag(
+            [sp.kron(sp.identity(m), sp.csr_matrix(T)) for T, (_, m) in zip(transforms[1:], stats.rest_sizes)],
+            format="csr",
+        )
+        out.rest_Z1 = (K2.T @ stats.rest_Z1 @ K1).tocsr()
+        out.rest_ZtZ = (K2.T @ sp.csr_matrix(stats.rest_ZtZ) @ K2).toarray()
+        out.rest_ZtX = K2.T @ stats.rest_ZtX
+        out.rest_Zty = K2.T @ stats.rest_Zty
+    return out
+
+
+# ---------------------------------------------------------------------------- scaling from moments
+
+
+def scaling_from_moments(names: list[str], mean: np.ndarray, sd: np.ndarray, y_mean: float, y_sd: float) -> Scaling:
+    """The :class:`Scaling` that ``mixedfx.stats.standardise`` would compute, from column moments."""
+    p = len(names)
+    T = np.eye(p)
+    intercept = next((j for j in range(p) if sd[j] == 0 and mean[j] != 0), None)
+    value = float(mean[intercept]) if intercept is not None else 1.0
+    for j in range(p):
+        if j == intercept:
+            continue
+        shift = float(mean[j]) if intercept is not None else 0.0
+        scale = float(sd[j]) if intercept is not None else float(np.sqrt(sd[j] ** 2 + mean[j] ** 2))
+        scale = scale if scale > 0 else 1.0
+        T[j, j] = 1.0 / scale
+        if intercept is not None:
+            T[intercept, j] = -shift / (scale * value)
+    shift_y = y_mean if intercept is not None else 0.0
+    scale_y = y_sd if intercept is not None else float(np.sqrt(y_sd**2 + y_mean**2))
+    return Scaling(T, shift_y, scale_y if scale_y > 0 else 1.0, intercept, value)
+
+
+def _standardised(X: np.ndarray, y: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, np.ndarray]:
+    Xs = X @ scaling.T
+    return Xs, (y - scaling.y_shift) / scaling.y_scale
+
+
+def _drop_aliased_from_crossproducts(XX: np.ndarray, names: list[str]) -> list[bool]:
+    """Columns kept by the rank check, from the standardised X'X (sequential Cholesky residuals)."""
+    import warnings
+
+    p = XX.shape[0]
+    keep = []
+    kept: list[int] = []
+    for j in range(p):
+        norm2 = XX[j, j]
+        if kept:
+            A = XX[np.ix_(kept, kept)]
+            b = XX[kept, j]
+            resid = norm2 - b @ np.linalg.solve(A, b)
+        else:
+            resid = norm2
+        ok = norm2 > 0 and resid > (1e-7) ** 2 * norm2
+        keep.append(bool(ok))
+        if ok:
+            kept.append(j)
+    dropped = [n for n, k in zip(names, keep) if not k]
+    if dropped:
+        warnings.warn(
+            f"Fixed-effects design is rank deficient: dropping {', '.join(dropped)}.",
+            RankDeficiencyWarning,
+            stacklevel=4,
+        )
+    return keep
+
+
+# ---------------------------------------------------------------------------- pandas chunks (Dask partitions)
+
+
+def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> np.ndarray:
+    """Count, sums and sums of squares of X, y and every Z column for one chunk (complete rows)."""
+    frame = frame.dropna(subset=plan.variables + ([weights] if weights else []))
+    if frame.empty:
+        return None
+    y, X, Zs = _matrices(plan, frame)
+    cols = np.column_stack([X, y] + Zs)
+    return np.concatenate([[len(frame)], cols.sum(axis=0), (cols**2).sum(axis=0)])
+
+
+def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights: str | None):
+    """Per-cluster sums of one chunk, as a DataFrame keyed by the innermost factor, plus global sums."""
+    frame = frame.dropna(subset=plan.variables + ([weights] if weights else []))
+    if frame.empty:
+        return None
+    y, X, Zs = _matrices(plan, frame)
+    Xs, ys = _standardised(X, y, scaling)
+    Z = np.hstack(Zs)
+    w = frame[weights].to_numpy(dtype=float) if weights else np.ones(len(frame))
+    keys = _keys(plan, frame)
+    Q, p = Z.shape[1], Xs.shape[1]
+    products = [
+        w[:, None] * np.einsum("ia,ib->iab", Z, Z).reshape(len(Z), Q * Q),
+        w[:, None] * np.einsum("ia,ik->iak", Z, Xs).reshape(len(Z), Q * p),
+        w[:, None] * Z * ys[:, None],
+    ]
+    table = pd.DataFrame(np.hstack(products + [np.ones((len(Z), 1))]))
+    table.columns = [f"c{i}" for i in range(table.shape[1])]
+    for name in keys.columns:
+        table[name] = keys[name].to_numpy()
+    key_cols = list(keys.columns)
+    grouped = table.groupby(key_cols, sort=False).sum().reset_index()
+    globals_ = (Xs.T @ (w[:, None] * Xs), Xs.T @ (w * ys), float(ys @ (w * ys)), float(np.log(w).sum()))
+    return grouped, globals_
+
+
+def _combine(parts: list, plan: ColumnPlan, p: int) -> ClusterSums:
+    """Combine chunk results: clusters split across chunks are summed; nesting is checked."""
+    parts = [part for part in parts if part is not None]
+    if not parts:
+        raise DataError("No complete rows in the data.")
+    grouped = pd.concat([g for g, _ in parts], ignore_index=True)
+    key_cols = list(dict.fromkeys(":".join(f) for _, f, *_ in plan.terms))
+    inner = max(key_cols, key=lambda c: grouped[c].nunique())
+    pairs = grouped[key_cols].drop_duplicates()
+    if pairs[inner].duplicated().any():
+        bad = pairs[inner][pairs[inner].duplicated()].iloc[0]
+        raise OptionError(
+            f"The grouping factors are crossed (level {bad!r} of {inner!r} meets several levels of another factor): "
+            "this reduction needs one grouping factor or nested ones. Fit crossed models in memory (engine='memory')."
+        )
+    value_cols = [c for c in grouped.columns if c not in key_cols]
+    summed = grouped.groupby(inner, sort=False)[value_cols].sum()
+    keys = pairs.set_index(inner).loc[summed.index].reset_index()
+    values = summed.to_numpy()
+    Q = sum(len(names) for *_, names, _ in plan.terms)
+    C = len(values)
+    ZZ = values[:, : Q * Q].reshape(C, Q, Q)
+    ZX = values[:, Q * Q : Q * Q + Q * p].reshape(C, Q, p)
+    Zy = values[:, Q * Q + Q * p : Q * Q + Q * p + Q]
+    counts = values[:, -1]
+    XX = sum(g[0] for _, g in parts)
+    Xy = sum(g[1] for _, g in parts)
+    yy = sum(g[2] for _, g in parts)
+    slw = sum(g[3] for _, g in parts)
+    return ClusterSums(keys[key_cols], counts, ZZ, ZX, Zy, XX, Xy, yy, slw)
+
+
+def _moments_to_scaling(plan: ColumnPlan, totals: np.ndarray, p: int, Q: int):
+    """Scaling for X, y and the random-effect column moments from summed chunk moments."""
+    n = totals[0]
+    k = p + 1 + Q
+    mean = totals[1 : 1 + k] / n
+    var = np.maximum(totals[1 + k : 1 + 2 * k] / n - mean**2, 0.0)
+    sd = np.sqrt(var)
+    scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
+    return scaling, mean[p + 1 :], sd[p + 1 :], int(n)
+
+
+# ---------------------------------------------------------------------------- public reducers
+
+
+def _finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted) -> ReducedData:
+    """Assemble statistics and metadata into a :class:`ReducedData`."""
+    p = len(plan.fixed_names)
+    keep = _drop_aliased_from_crossproducts(sums.XX, plan.fixed_names)
+    stats, order, level_lists, counts, layout = assemble(sums, plan, p)
+    dropped = [n for n, k in zip(plan.fixed_names, keep) if not k]
+    if dropped:
+        idx = np.flatnonzero(keep)
+        stats.XtX, stats.Xty = stats.XtX[np.ix_(idx, idx)], stats.Xty[idx]
+        stats.first_ZtX = np.ascontiguousarray(stats.first_ZtX[:, idx])
+        if stats.rest_ZtX is not None:
+            stats.rest_ZtX = stats.rest_ZtX[:, idx]
+        stats.p = len(idx)
+        scaling = Scaling(
+            scaling.T[np.ix_(idx, idx)],
+            scaling.y_shift,
+            scaling.y_scale,
+            None if scaling.intercept is None else int(np.searchsorted(idx, scaling.intercept)),
+            scaling.intercept_value,
+        )
+    moments = {}
+    for name in order:
+        cols = layout[name]
+        moments[name] = (z_mean[cols], z_sd[cols])
+    blocks = _make_blocks(plan, order, level_lists, counts, moments, None)
+    plan.fixed_names = [n for n, k in zip(plan.fixed_names, keep) if k]
+    if blocks[0].n_levels >= nobs:
+        raise DataError(f"Grouping factor {blocks[0].name!r} has as many levels as observations.")
+    return ReducedData(parsed, plan, blocks, stats, scaling, nobs, n_missing, dropped, weighted)
+
+
+def reduce_frame(
+    formula: str, data: pd.DataFrame, weights: str | None = None, chunk_rows: int = 1_000_000
+) -> ReducedData:
+    """Reduce an in-memory DataFrame (in chunks), e.g. to save the reduction or refit cheaply."""
+    parsed = parse_formula(formula)
+    _check_reducible(parsed)
+    levels = {
+        c: sorted(data[c].dropna().unique().tolist())
+        for c in data.columns
+        if not pd.api.types.is_numeric_dtype(data[c]) and not pd.api.types.is_bool_dtype(data[c])
+    }
+    _check_variables(parsed, list(data.columns))
+    variables = _vars(parsed)
+    prototype = data.dropna(subset=[v for v in variables if v in data.columns]).head(2000)
+    plan = plan_columns(parsed, prototype, {c: v for c, v in levels.items() if c in variables})
+    chunks = [data.iloc[i : i + chunk_rows] for i in range(0, len(data), chunk_rows)]
+    moments = [m for m in (_chunk_moments(plan, c, weights) for c in chunks) if m is not None]
+    if not moments:
+        raise DataError("No complete rows in the data.")
+    p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
+    scaling, z_mean, z_sd, nobs = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    sums = _combine([_chunk_sums(plan, c, scaling, weights) for c in chunks], plan, p)
+    return _finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, len(data) - nobs, weights is not None)
+
+
+def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
+    """Reduce a Dask DataFrame by map-reduce over its partitions (uses the active Dask client)."""
+    import dask
+
+    parsed = parse_formula(formula)
+    _check_reducible(parsed)
+    _check_variables(parsed, list(frame.columns))
+    variables = _vars(parsed)
+    categorical = [
+        c
+        for c in variables
+        if c in frame.columns
+        and not pd.api.types.is_numeric_dtype(frame[c].dtype)
+        and not pd.api.types.is_bool_dtype(frame[c].dtype)
+    ]
+    uniques = dask.compute(*[frame[c].dropna().unique() for c in categorical])
+    levels = {c: sorted(pd.Series(u).tolist()) for c, u in zip(categorical, uniques)}
+    prototype = frame.head(2000, npartitions=-1).dropna(subset=[v for v in variables if v in frame.columns])
+    plan = plan_columns(parsed, prototype, levels)
+    parts = frame.to_delayed()
+    total_rows = dask.compute(*[dask.delayed(len)(part) for part in parts])
+    moments = dask.compute(*[dask.delayed(_chunk_moments)(plan, part, weights) for part in parts])
+    moments = [m for m in moments if m is not None]
+    if not moments:
+        raise DataError("No complete rows in the data.")
+    p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
+    scaling, z_mean, z_sd, nobs = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    results = dask.compute(*[dask.delayed(_chunk_sums)(plan, part, scaling, weights) for part in parts])
+    sums = _combine(list(results), plan, p)
+    return _finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, int(sum(total_rows)) - nobs, weights is not None)
+
+
+def _vars(parsed: ParsedFormula) -> list[str]:
+    return sorted(
+        {str(v) for v in Formula(parsed.fixed_formula).required_variables}
+        | {str(v) for t in parsed.random for v in Formula(t.expr).required_variables}
+        | {f for t in parsed.random for f in t.factor}
+    )
+
+
+def _check_variables(parsed: ParsedFormula, columns: list[str]) -> None:
+    import builtins
+
+    for var in _vars(parsed):
+        if var in columns or hasattr(np, var) or hasattr(builtins, var) or var in ("np", "C", "I"):
+            continue
+        raise DataError(f"Unknown variable {var!r}: no such column in the data.{suggest(var, columns)}")
+
+
+# ---------------------------------------------------------------------------- fitting
+
+
+def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str, str] | None = None):
+    """Fit a model from a :class:`ReducedData` (no rows needed)."""
+    import warnings
+
+    from .errors import ConvergenceWarning, SingularFitWarning
+    from .likelihood import ProfiledDeviance
+    from .model import _check_method
+    from .optimize import minimize_deviance
+    from .results import MixedResults
+
+    reml = _check_method(method)
+    blocks = _make_blocks(
+        reduced.plan,
+        [b.name for b in reduced.blocks],
+        {b.name: b.levels for b in reduced.blocks},
+        {b.name: b.level_counts for b in reduced.blocks},
+        {b.name: b.moments for b in reduced.blocks},
+        covariance,
+    )
+    transforms = [b.standardising_transform() for b in blocks]
+    stats = transform_random_columns(reduced.stats, transforms)
+    factors = [(b.n_params, b.factor_matrix, b.factor_jacobian) for b in blocks]
+    deviance = ProfiledDeviance(stats, factors, reml)
+    deviance.z_transforms = transforms
+    start = np.concatenate([t.structure.start() for b in blocks for t in b.terms])
+    lower = np.concatenate([t.structure.lower_bounds() for b in blocks for t in b.terms])
+    upper = np.concatenate([t.structure.upper_bounds() for b in blocks for t in b.terms])
+    gradient = deviance.deviance_and_gradient if deviance.single_factor else None
+    report = minimize_deviance(deviance, start, lower, upper, value_and_gradient=gradient)
+    design = Design(
+        formula=reduced.formula,
+        y=None,
+        X=None,
+        fixed_names=list(reduced.plan.fixed_names),
+        blocks=blocks,
+        weights=None,
+        n_missing=reduced.n_missing,
+        dropped_fixed=list(reduced.dropped_fixed),
+        row_index=None,
+        fixed_spec=reduced.plan.fixed_spec,
+        response_name=reduced.formula.response,
+        data=None,
+    )
+    design.n_rows = reduced.nobs
+    result = MixedResults(design, deviance, reduced.scaling, report, reml)
+    if not report.converged:
+        warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=2)
+    if result.singular:
+        warnings.warn(
+            "Boundary (singular) fit: a variance is estimated as zero or a correlation as +-1.",
+            SingularFitWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------- SQL translation (DuckDB)
+
+_SQL_FUNCTIONS = {
+    "np.log": "ln",
+    "np.log10": "log10",
+    "np.exp": "exp",
+    "np.sqrt": "sqrt",
+    "np.abs": "abs",
+    "log": "ln",
+    "exp": "exp",
+    "sqrt": "sqrt",
+    "abs": "abs",
+}
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "(["
+        depth -= ch in ")]"
+        if ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _numeric_sql(expr: str, columns: list[str]) -> str:
+    """SQL for a numeric formulaic factor: a column, I(...) arithmetic, np.log(...) and the like."""
+    expr = expr.strip()
+    if expr.startswith("I(") and expr.endswith(")"):
+        expr = expr[2:-1]
+    out = expr
+    for py, sql in sorted(_SQL_FUNCTIONS.items(), key=lambda kv: -len(kv[0])):
+        out = re.sub(rf"(?<![\w.]){re.escape(py)}\(", f"{sql}(", out)
+    out = out.replace("**", "^")
+
+    def column(match: re.Match) -> str:
+        word = match.group(0)
+        if word in columns:
+            return f"CAST({_quote(word)} AS DOUBLE)"
+        if word in {"ln", "log10", "exp", "sqrt", "abs"}:
+            return word
+        raise FormulaError(
+            f"{word!r} in {expr!r} is not supported by the duckdb engine (columns and "
+            "+ - * / ** with np.log, np.exp, np.sqrt, np.abs only)."
+        )
+
+    out = re.sub(r"(?<![\w.\"])[A-Za-z_]\w*", column, out)
+    if re.search(r"[^\w\s().+\-*/^,\"]", out):
+        raise FormulaError(f"The expression {expr!r} is not supported by the duckdb engine.")
+    return f"({out})"
+
+
+def _column_sql(name: str, columns: list[str]) -> str:
+    """SQL for one formulaic model-matrix column (by its formulaic name)."""
+    if name == "Intercept":
+        return _lit(1.0)
+    factors = []
+    for part in _split_top(name, ":"):
+        m = re.fullmatch(r"(.*)\[(T\.)?(.*)\]", part)
+        if m:
+            var = m.group(1)
+            c = re.fullmatch(r"C\(\s*([A-Za-z_]\w*)\s*(,.*)?\)", var)
+            var = c.group(1) if c else var
+            if var not in columns:
+                raise FormulaError(f"Categorical term {part!r} is not supported by the duckdb engine.")
+            level = m.group(3).replace("'", "''")
+            factors.append(
+                f"(CASE WHEN CAST({_quote(var)} AS VARCHAR) = '{level}' THEN {_lit(1)} ELSE {_lit(0)} END)"
+            )
+        else:
+            factors.append(_numeric_sql(part, columns))
+    return " * ".join(factors)
+
+
+def _source_sql(source: str | Path | list) -> str:
+    """A DuckDB table function for files: Parquet or CSV, one path, a glob or a directory."""
+    paths = [str(p) for p in source] if isinstance(source, (list, tuple)) else [str(source)]
+    expanded = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(Path(path).glob("*.parquet")) or sorted(Path(path).glob("*.csv"))
+            if not found:
+                raise DataError(f"No .parquet or .csv files in the directory {path!r}.")
+            expanded += [str(f) for f in found]
+        else:
+            expanded.append(path)
+    if not expanded:
+        raise DataError("No data files given.")
+    suffix = Path(expanded[0].replace("*", "x")).suffix.lower()
+    listing = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in expanded) + "]"
+    if suffix in (".parquet", ".pq"):
+        return f"read_parquet({listing})"
+    if suffix in (".csv", ".tsv", ".txt"):
+        return f"read_csv_auto({listing})"
+    raise DataError(f"The duckdb engine reads .parquet and .csv files, not {suffix!r}.")
+
+
+def reduce_duckdb(formula: str, source, weights: str | None = None, connection=None) -> ReducedData:
+    """Reduce Parquet/CSV files (a path, glob, directory or list) in SQL with DuckDB.
+
+    The rows never enter Python: DuckDB computes the level lists, the column moments and
+    the per-cluster cross-products; only one row per cluster comes back.
+    """
+    import duckdb
+
+    con = connection or duckdb.connect()
+    src = _source_sql(source)
+    parsed = parse_formula(formula)
+    _check_reducible(parsed)
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {src}").df()
+    except duckdb.Error as exc:
+        raise DataError(f"DuckDB cannot read {source!r}: {str(exc).splitlines()[0]}") from exc
+    columns = described["column_name"].tolist()
+    types = dict(zip(described["column_name"], described["column_type"]))
+    _check_variables(parsed, columns)
+    variables = [v for v in _vars(parsed) if v in columns]
+    used = variables + ([weights] if weights else [])
+    if weights and weights not in columns:
+        raise DataError(f"Unknown weights column {weights!r}.{suggest(weights, columns)}")
+    complete = " AND ".join(f"{_quote(v)} IS NOT NULL" for v in used)
+    # pass 1: counts and the levels of categorical variables
+    total, nobs = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {complete}) FROM {src}").fetchone()
+    if nobs == 0:
+        raise DataError("No complete rows in the data.")
+    categorical = [
+        v
+        for v in variables
+        if not any(t in types[v] for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "BOOLEAN", "REAL", "NUMERIC"))
+    ]
+    levels = {}
+    for v in categorical:
+        rows = con.execute(f"SELECT DISTINCT {_quote(v)} FROM {src} WHERE {complete} ORDER BY 1").fetchall()
+        levels[v] = [r[0] for r in rows]
+    prototype = con.execute(f"SELECT {', '.join(_quote(v) for v in used)} FROM {src} WHERE {complete} LIMIT 2000").df()
+    plan = plan_columns(parsed, prototype, levels)
+    fixed_sql = [_column_sql(n, columns) for n in _formulaic_names(plan.fixed_spec)]
+    z_sql = [_column_sql(n, columns) for *_, spec in plan.terms for n in _formulaic_names(spec)]
+    y_sql = _numeric_sql(plan.response, columns)
+    _verify_sql(con, plan, prototype, fixed_sql, z_sql, y_sql)
+    w_sql = f"CAST({_quote(weights)} AS DOUBLE)" if weights else _lit(1.0)
+    # pass 2: moments of every model column
+    every = fixed_sql + [y_sql] + z_sql
+    select = ", ".join([f"avg({e})" for e in every] + [f"stddev_pop({e})" for e in every])
+    row = np.array(con.execute(f"SELECT {select} FROM {src} WHERE {complete}").fetchone(), dtype=float)
+    k = len(every)
+    mean, sd = row[:k], np.nan_to_num(row[k:])
+    p = len(fixed_sql)
+    scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
+    xs = [f"({_affine_sql(fixed_sql, scaling.T[:, j])})" for j in range(p)]  # columns of X T
+    ys = f"(({y_sql}) - {_lit(scaling.y_shift)}) / {_lit(scaling.y_scale)}"
+    # pass 3: global and per-cluster cross-products
+    glob = [f"sum({w_sql} * {xs[i]} * {xs[j]})" for i in range(p) for j in range(p)]
+    glob += [f"sum({w_sql} * {xs[i]} * {ys})" for i in range(p)]
+    glob += [f"sum({w_sql} * {ys} * {ys})", f"sum(ln({w_sql}))"]
+    g = np.array(con.execute(f"SELECT {', '.join(glob)} FROM {src} WHERE {complete}").fetchone(), dtype=float)
+    XX, Xy, yy, slw = g[: p * p].reshape(p, p), g[p * p : p * p + p], g[p * p + p], g[p * p + p + 1]
+    Q = len(z_sql)
+    key_exprs = {}
+    for _, factor, *_ in plan.terms:
+        name = ":".join(factor)
+        key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({_quote(f)} AS VARCHAR)" for f in factor) + ")"
+    order = sorted(
+        key_exprs,
+        key=lambda n: -con.execute(f"SELECT count(DISTINCT {key_exprs[n]}) FROM {src} WHERE {complete}").fetchone()[0],
+    )
+    inner = order[0]
+    parts = [f"{key_exprs[inner]} AS k0"]
+    parts += [f"min({key_exprs[n]}) AS k{i}" for i, n in enumerate(order[1:], start=1)]
+    parts += [f"count(DISTINCT {key_exprs[n]}) AS d{i}" for i, n in enumerate(order[1:], start=1)]
+    parts += [f"sum({w_sql} * {z_sql[a]} * {z_sql[b]})" for a in range(Q) for b in range(Q)]
+    parts += [f"sum({w_sql} * {z_sql[a]} * {xs[j]})" for a in range(Q) for j in range(p)]
+    parts += [f"sum({w_sql} * {z_sql[a]} * {ys})" for a in range(Q)]
+    parts += ["count(*)"]
+    query = f"SELECT {', '.join(parts)} FROM {src} WHERE {complete} GROUP BY {key_exprs[inner]}"
+    result = con.execute(query).fetchnumpy()
+    names = list(result)
+    n_outer = len(order) - 1
+    for i in range(1, n_outer + 1):
+        if np.max(result[f"d{i}"]) > 1:
+            raise OptionError(
+                f"The grouping factors {inner!r} and {order[i]!r} are crossed: this reduction needs one grouping "
+                "factor or nested ones. Fit crossed models in memory (engine='memory')."
+            )
+    keys = pd.DataFrame({inner: np.asarray(result["k0"]).astype(str)})
+    for i, n in enumerate(order[1:], start=1):
+        keys[n] = np.asarray(result[f"k{i}"]).astype(str)
+    values = np.column_stack([np.asarray(result[c], dtype=float) for c in names[1 + 2 * n_outer :]])
+    C = len(values)
+    sums = ClusterSums(
+        keys=keys,
+        counts=values[:, -1],
+        ZZ=values[:, : Q * Q].reshape(C, Q, Q),
+        ZX=values[:, Q * Q : Q * Q + Q * p].reshape(C, Q, p),
+        Zy=values[:, Q * Q + Q * p : Q * Q + Q * p + Q],
+        XX=XX,
+        Xy=Xy,
+        yy=float(yy),
+        sum_log_weights=float(slw) if weights else 0.0,
+    )
+    return _finish(
+        parsed, plan, sums, scaling, mean[p + 1 :], sd[p + 1 :], int(nobs), int(total - nobs), weights is not None
+    )
+
+
+def _lit(value: float) -> str:
+    """A DOUBLE literal (DuckDB reads ``1.5`` as DECIMAL, whose sums of products can overflow)."""
+    return f"CAST({float(value)!r} AS DOUBLE)"
+
+
+def _affine_sql(columns_sql: list[str], coefficients: np.ndarray) -> str:
+    """SQL for ``sum_k c_k * column_k`` (one standardised column ``X T[:, j]``)."""
+    terms = [f"{_lit(c)} * ({s})" for s, c in zip(columns_sql, coefficients) if c != 0]
+    return " + ".join(terms) if terms else _lit(0.0)
+
+
+def _formulaic_names(spec) -> list[str]:
+    return [str(c) for c in spec.column_names]
+
+
+def _verify_sql(con, plan: ColumnPlan, prototype: pd.DataFrame, fixed_sql, z_sql, y_sql) -> None:
+    """Check the SQL expressions against formulaic's matrices on the sample (exactness guard)."""
+    con.register("mixedfx_prototype", prototype)
+    try:
+        exprs = fixed_sql + z_sql + [y_sql]
+        got = np.array(con.execute(f"SELECT {', '.join(exprs)} FROM mixedfx_prototype").fetchall(), dtype=float)
+    finally:
+        con.unregister("mixedfx_prototype")
+    y, X, Zs = _matrices(plan, prototype)
+    want = np.column_stack([X] + Zs + [y])
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-10, atol=1e-12):
+        raise FormulaError(
+            "The duckdb engine could not reproduce this formula's design in SQL; "
+            "use engine='memory' (or simplify the transformations)."
+        )
