@@ -286,15 +286,16 @@ class ProfiledDeviance:
         blockdiag = sp.csr_matrix((data, self._bd_indices, self._bd_indptr), shape=(m1 * q1, m1 * q1))
         lam2 = self._rest_lambda(lams)
         L21 = (lam2.T @ s.rest_Z1 @ blockdiag).tocsr()
-        dense_lam2 = lam2.toarray()
-        S = dense_lam2.T @ s.rest_ZtZ @ dense_lam2
+        # Lambda2 is sparse (block diagonal): apply it from both sides without dense Q2^3 products.
+        lam2T = lam2.T.tocsr()
+        S = np.asarray(lam2T @ np.asarray(lam2T @ s.rest_ZtZ).T).T
         S[np.diag_indices_from(S)] += 1.0
         S -= (L21 @ L21.T).toarray()
-        L2 = la.cholesky(S, lower=True)
+        L2 = la.cholesky(S, lower=True, overwrite_a=True, check_finite=False)
         flat_c1X = sol.c1X.transpose(2, 0, 1).reshape(m1 * q1, -1)
         flat_c1y = sol.c1y.T.reshape(-1)
-        c2X = la.solve_triangular(L2, dense_lam2.T @ s.rest_ZtX - L21 @ flat_c1X, lower=True)
-        c2y = la.solve_triangular(L2, dense_lam2.T @ s.rest_Zty - L21 @ flat_c1y, lower=True)
+        c2X = la.solve_triangular(L2, lam2T @ s.rest_ZtX - L21 @ flat_c1X, lower=True)
+        c2y = la.solve_triangular(L2, lam2T @ s.rest_Zty - L21 @ flat_c1y, lower=True)
         sol.L21, sol.L2, sol.c2X, sol.c2y = L21, L2, c2X, c2y
         logdet = 2.0 * float(np.log(np.diag(L2)).sum())
         return logdet, M - c2X.T @ c2X, rhs - c2X.T @ c2y, r2 - float(c2y @ c2y)
