@@ -83,8 +83,11 @@ def main() -> None:
     print(f"{'engine':>8} {'rows':>12} {'wall s':>8} {'peak MB':>8} {'loglik':>18}")
     files_small = paths[: max(1, args.memory_rows // FILE_ROWS)]
     rows_small = min(args.rows, len(files_small) * FILE_ROWS)
-    for kind, files, rows in [("memory", files_small, rows_small), ("duckdb", files_small, rows_small),
-                              ("duckdb", paths, args.rows)]:
+    for kind, files, rows in [
+        ("memory", files_small, rows_small),
+        ("duckdb", files_small, rows_small),
+        ("duckdb", paths, args.rows),
+    ]:
         if kind == "duckdb" and rows == args.rows and files is files_small and len(paths) == len(files_small):
             continue
         seconds, loglik, peak = run(kind, files)
