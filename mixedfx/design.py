@@ -244,18 +244,38 @@ def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarr
     return y, X, [lme4_name(str(c)) for c in rhs.columns], rhs.model_spec
 
 
-def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Drop columns of X that are (numerically) linear combinations of earlier columns.
+def aliased_columns(gram: np.ndarray, tolerance: float = RANK_TOLERANCE) -> np.ndarray:
+    """Flags of columns that are (numerically) linear combinations of earlier ones.
 
-    The diagonal of R in an unpivoted QR is the norm of each column's residual after
-    projection on the columns before it, so small ``|R_jj|`` relative to ``||X_j||`` marks
-    an aliased column while keeping the earlier ones, as lme4 does.
+    ``gram`` is ``X'X`` of columns scaled to unit norm.  Column j is aliased when its squared
+    residual norm after projection on the kept earlier columns (the Schur complement, as in a
+    Cholesky factorisation) is below ``tolerance^2``: the earlier columns are kept, as lme4 does.
     """
+    p = gram.shape[0]
+    aliased = np.zeros(p, dtype=bool)
+    kept: list[int] = []
+    for j in range(p):
+        norm2 = gram[j, j]
+        if kept:
+            b = gram[kept, j]
+            resid = norm2 - b @ np.linalg.solve(gram[np.ix_(kept, kept)], b)
+        else:
+            resid = norm2
+        if norm2 > 0 and resid > tolerance**2 * norm2:
+            kept.append(j)
+        else:
+            aliased[j] = True
+    return aliased
+
+
+def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop columns of X that are (numerically) linear combinations of earlier columns (with a warning)."""
     if X.shape[1] == 0:
         return X, names, []
     norms = np.linalg.norm(X, axis=0)
-    r = np.linalg.qr(X / np.where(norms > 0, norms, 1.0), mode="r")
-    keep = (np.abs(np.diag(r)) > RANK_TOLERANCE) & (norms > 0)
+    Xn = X / np.where(norms > 0, norms, 1.0)
+    aliased = aliased_columns(Xn.T @ Xn) | (norms == 0)
+    keep = ~aliased
     dropped = [n for n, k in zip(names, keep) if not k]
     if dropped:
         warnings.warn(

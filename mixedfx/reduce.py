@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from formulaic import Formula, model_matrix
 
 from .covariance import CovStructure, canonical_structure
-from .design import Design, ReBlock, ReTerm, lme4_name
+from .design import Design, ReBlock, ReTerm, aliased_columns, lme4_name
 from .errors import DataError, FormulaError, OptionError, RankDeficiencyWarning, suggest
 from .formula import ParsedFormula, parse_formula
 from .stats import Scaling, SufficientStats
@@ -336,24 +336,12 @@ def _standardised(X: np.ndarray, y: np.ndarray, scaling: Scaling) -> tuple[np.nd
 
 
 def _drop_aliased_from_crossproducts(XX: np.ndarray, names: list[str]) -> list[bool]:
-    """Columns kept by the rank check, from the standardised X'X (sequential Cholesky residuals)."""
+    """Columns kept by the rank check (as in memory), from the standardised X'X."""
     import warnings
 
-    p = XX.shape[0]
-    keep = []
-    kept: list[int] = []
-    for j in range(p):
-        norm2 = XX[j, j]
-        if kept:
-            A = XX[np.ix_(kept, kept)]
-            b = XX[kept, j]
-            resid = norm2 - b @ np.linalg.solve(A, b)
-        else:
-            resid = norm2
-        ok = norm2 > 0 and resid > (1e-7) ** 2 * norm2
-        keep.append(bool(ok))
-        if ok:
-            kept.append(j)
+    d = np.sqrt(np.maximum(np.diag(XX), 0.0))
+    d = np.where(d > 0, d, 1.0)
+    keep = list(~aliased_columns(XX / np.outer(d, d)) & (np.diag(XX) > 0))
     dropped = [n for n, k in zip(names, keep) if not k]
     if dropped:
         warnings.warn(
@@ -685,9 +673,7 @@ def _column_sql(name: str, columns: list[str]) -> str:
             if var not in columns:
                 raise FormulaError(f"Categorical term {part!r} is not supported by the duckdb engine.")
             level = m.group(3).replace("'", "''")
-            factors.append(
-                f"(CASE WHEN CAST({_quote(var)} AS VARCHAR) = '{level}' THEN {_lit(1)} ELSE {_lit(0)} END)"
-            )
+            factors.append(f"(CASE WHEN CAST({_quote(var)} AS VARCHAR) = '{level}' THEN {_lit(1)} ELSE {_lit(0)} END)")
         else:
             factors.append(_numeric_sql(part, columns))
     return " * ".join(factors)
