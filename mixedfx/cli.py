@@ -43,6 +43,10 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--level", type=float, default=95.0, help="confidence level in percent (default 95)")
     fit.add_argument("--stddev", action="store_true", help="report SDs and correlations instead of variances")
     fit.add_argument(
+        "--residuals", help="residual structure, Stata syntax: 'ar1, t(Days)', 'exchangeable', 'independent, by(sex)'"
+    )
+    fit.add_argument("--group", help="cluster variable of --residuals for a model without random effects")
+    fit.add_argument(
         "--engine",
         default="memory",
         choices=["memory", "duckdb"],
@@ -93,7 +97,15 @@ def _run_fit(args: argparse.Namespace) -> int:
     data = args.data if args.engine == "duckdb" else _load(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = fit(args.formula, data, method=args.method, weights=args.weights, engine=args.engine)
+        result = fit(
+            args.formula,
+            data,
+            method=args.method,
+            weights=args.weights,
+            engine=args.engine,
+            residuals=args.residuals,
+            group=args.group,
+        )
     for w in caught:
         print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     if args.json:

@@ -248,6 +248,8 @@ def kr_df(kr: dict, L: np.ndarray) -> tuple[float, float]:
 # ---------------------------------------------------------------------------- per-coefficient tables
 def coefficient_df(result, method: str) -> tuple[pd.Series, pd.DataFrame]:
     """Per-coefficient denominator df and the covariance to use (KR: the adjusted one)."""
+    if getattr(result, "rside", None) is not None:
+        raise OptionError("Satterthwaite and Kenward-Roger df are not available with a residual structure yet.")
     method = method.lower().replace("-", "").replace("_", "")
     names = result.fixef.index
     p = len(names)

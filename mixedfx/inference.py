@@ -157,11 +157,27 @@ def _boundary_flags(result, param: VarianceParameterisation) -> np.ndarray:
 
 
 def phi_covariance(result) -> tuple[VarianceParameterisation, np.ndarray]:
-    """phi at the optimum and its covariance ``2 H^{-1}`` (NaN rows for boundary terms)."""
+    """phi at the optimum and its covariance ``2 H^{-1}`` (NaN rows for boundary terms).
+
+    With a residual structure the Hessian is taken jointly over phi and the R-side
+    parameters ``u``; their covariance block is stored as ``param.r_cov``.
+    """
     param = VarianceParameterisation(result)
     boundary = _boundary_flags(result, param)
-    free = ~boundary
-    H = _hessian(param.deviance, param.phi_hat, free)
+    rside = getattr(result, "rside", None)
+    n_phi = param.phi_hat.size
+    if rside is None:
+        x, func, free = param.phi_hat, param.deviance, ~boundary
+    else:
+        x = np.concatenate([param.phi_hat, rside.u])
+        free = np.concatenate([~boundary, np.ones(rside.u.size, dtype=bool)])
+
+        def func(v: np.ndarray) -> float:
+            theta, sigma = param.theta_sigma(v[:n_phi])
+            inner = rside.model.inner(v[n_phi:])
+            return result.deviance_to_original_scale(inner.deviance_at(theta, (sigma / result.scaling.y_scale) ** 2))
+
+    H = _hessian(func, x, free)
     cov = np.full((free.size, free.size), np.nan)
     try:
         inv = 2.0 * np.linalg.inv(H)
@@ -169,7 +185,8 @@ def phi_covariance(result) -> tuple[VarianceParameterisation, np.ndarray]:
             cov[np.ix_(free, free)] = inv
     except np.linalg.LinAlgError:
         pass
-    return param, cov
+    param.r_cov = cov[n_phi:, n_phi:]
+    return param, cov[:n_phi, :n_phi]
 
 
 def _label(name: str) -> str:
@@ -219,8 +236,24 @@ def varcomp_table(result, level: float = 0.95, scale: str = "var") -> pd.DataFra
                     if shared:
                         break
     n = len(phi) - 1
-    rows.append(_sd_row("Residual", "", "Residual", phi[n], se_phi[n], z, scale))
+    rside = getattr(result, "rside", None)
+    title = _rside_title(rside) if rside is not None else ""
+    if rside is not None:
+        rows += _rside_rows(rside, param.r_cov, z, title)
+    rows.append(_sd_row("Residual", title, "Residual", phi[n], se_phi[n], z, scale))
     return pd.DataFrame(rows, columns=["group", "structure", "parameter", "estimate", "se", "lower", "upper"])
+
+
+def _rside_title(rside) -> str:
+    from .rside import TITLES
+
+    spec = rside.spec
+    title = TITLES[spec.kind] + (f" {spec.order}" if spec.order else "")
+    if spec.by:
+        title += f", by {spec.by}"
+    if spec.variance:
+        title += f", {spec.variance[0]} variance of {spec.variance[1]}"
+    return title
 
 
 def _sd_row(group: str, title: str, name: str, lsd: float, se: float, z: float, scale: str) -> dict:
@@ -286,6 +319,46 @@ def _corr_row(group, title, name_a, name_b, phi, cov, n, ni, nj, z, scale) -> di
     )
 
 
+def _rside_rows(rside, r_cov: np.ndarray, z: float, title: str) -> list[dict]:
+    """R-side parameters on their natural scale with delta-method SEs.
+
+    Intervals: from the unconstrained scale for single-parameter transforms (correlations
+    through tanh, SD ratios through exp); through atanh for correlations that depend on
+    several parameters (unstructured).
+    """
+    params = rside.model.structure.params
+    u = rside.u
+    natural = params.natural(u)
+    step = 1e-6
+    jac = np.empty((u.size, u.size))
+    for k in range(u.size):
+        e = np.zeros_like(u)
+        e[k] = step
+        jac[:, k] = (params.natural(u + e) - params.natural(u - e)) / (2 * step)
+    ok = np.all(np.isfinite(r_cov))
+    rows = []
+    for k, (label, kind) in enumerate(zip(params.labels, params.kinds)):
+        se = float(np.sqrt(jac[k] @ r_cov @ jac[k])) if ok else np.nan
+        est = natural[k]
+        if kind == "chol" and ok and abs(est) < 1:
+            zse = se / (1 - est**2)
+            lower, upper = np.tanh(np.arctanh(est) - z * zse), np.tanh(np.arctanh(est) + z * zse)
+        elif ok and r_cov[k, k] > 0:
+            se_u = np.sqrt(r_cov[k, k])
+            ends = []
+            for v in (u[k] - z * se_u, u[k] + z * se_u):
+                shifted = u.copy()
+                shifted[k] = v
+                ends.append(params.natural(shifted)[k])
+            lower, upper = min(ends), max(ends)
+        else:
+            lower = upper = np.nan
+        rows.append(
+            dict(group="Residual", structure=title, parameter=label, estimate=est, se=se, lower=lower, upper=upper)
+        )
+    return rows
+
+
 @dataclass
 class LRTest:
     """A likelihood-ratio test: statistic, degrees of freedom, p-value and its kind."""
@@ -311,9 +384,14 @@ def lr_test_vs_linear(result) -> LRTest:
     """
     dev = result.deviance_function
     zero = np.zeros_like(result.theta)
-    dev0 = result.deviance_to_original_scale(dev.solve(zero).deviance)
+    rside = getattr(result, "rside", None)
+    if rside is None:
+        dev0 = result.deviance_to_original_scale(dev.solve(zero).deviance)
+        k = result.theta.size
+    else:  # the linear model: no random effects and R = I
+        dev0 = result.deviance_to_original_scale(rside.model.linear_deviance())
+        k = result.theta.size + rside.u.size
     stat = max(dev0 - result.deviance, 0.0)
-    k = result.theta.size
     if k == 1:
         return LRTest(stat, 1, 0.5 * st.chi2.sf(stat, 1) if stat > 0 else 1.0, "chibar2(01)")
     return LRTest(stat, k, st.chi2.sf(stat, k), "chi2")
@@ -465,8 +543,12 @@ def wcovariance(result, group: str | None = None, cluster: object | None = None)
         Z = block.Z[rows]
         same = block.codes[rows][:, None] == block.codes[rows][None, :]
         V += (Z @ result.G[block.name].to_numpy() @ Z.T) * same
-    w = result.design.weights[rows] if result.design.weights is not None else np.ones(rows.size)
-    V += np.diag(result.sigma**2 / w)
+    rside = getattr(result, "rside", None)
+    if rside is not None:
+        V += rside.covariance_rows(rows, result.sigma)
+    else:
+        w = result.design.weights[rows] if result.design.weights is not None else np.ones(rows.size)
+        V += np.diag(result.sigma**2 / w)
     index = pd.Index(result.design.row_index[rows], name=f"{name}={label}")
     return pd.DataFrame(V, index=index, columns=index)
 
@@ -636,6 +718,8 @@ def robust_vcov(result, group: str | None = None, small_sample: bool = True) -> 
     ``C / (C - 1)`` for C clusters.
     """
     require_rows(result, "The robust (sandwich) covariance")
+    if getattr(result, "rside", None) is not None:
+        raise ValueError("Robust standard errors are not available with a residual structure yet.")
     blocks = result.design.blocks
     top = min(blocks, key=lambda b: b.n_levels) if group is None else next(b for b in blocks if b.name == group)
     for block in blocks:

@@ -147,6 +147,7 @@ def _profile_fixed(result, level: float) -> list[dict]:
 
 def profile_intervals(result, level: float = 0.95) -> pd.DataFrame:
     """Profile-likelihood CIs for fixed effects (ML; Wald for REML), SDs, correlations and sigma."""
+    _refuse_rside(result, "Profile intervals")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fixed = _profile_fixed(result, level)
@@ -174,6 +175,7 @@ def bootstrap(
     Columns of the replicates: every fixed effect, then the SD/correlation parameters and
     the residual SD (labels as in ``fit.re_table(scale="sd")``).
     """
+    _refuse_rside(result, "The parametric bootstrap")
     rng = np.random.default_rng(seed)
     labels = varcomp_table(result, level, scale="sd")["parameter"].tolist()
     names = list(result.fixef.index) + labels
@@ -198,6 +200,13 @@ def bootstrap(
         index=pd.Index(names, name="parameter"),
     )
     return table, reps
+
+
+def _refuse_rside(result, what: str) -> None:
+    if getattr(result, "rside", None) is not None:
+        from .errors import OptionError
+
+        raise OptionError(f"{what} is not available with a residual structure yet; use the Wald intervals.")
 
 
 def _sd_estimates(result) -> np.ndarray:

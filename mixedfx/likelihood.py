@@ -78,6 +78,7 @@ class ProfiledDeviance:
         self.factors = factors
         self.reml = reml
         self.n_theta = sum(f[0] for f in factors)
+        self.offset = 0.0  # added to every deviance: sum log|R_i| of whitened R-side models
         self.single_factor = stats.rest_Z1 is None
         if stats.rest_Z1 is not None:
             self._prepare_rest()
@@ -135,7 +136,7 @@ class ProfiledDeviance:
             Gt = Tinv @ Gr @ Tinv.T
             for columns, structure in terms:
                 thetas.append(structure.theta_from_relative_covariance(Gt[columns, columns]))
-        return np.concatenate(thetas)
+        return np.concatenate(thetas) if thetas else np.zeros(0)
 
     def _rest_lambda(self, lams: list[np.ndarray]) -> sp.csr_matrix:
         """Sparse block-diagonal Lambda of the factors after the first (level-major)."""
@@ -196,7 +197,7 @@ class ProfiledDeviance:
         r2 = max(float(M_full[p, p] - cb @ cb), 1e-300)
         dof = s.n - p if self.reml else s.n
         dev = logdet + (logdet_x if self.reml else 0.0) + dof * (1.0 + LOG_2PI + np.log(r2 / dof))
-        dev = float(dev - s.sum_log_weights)
+        dev = float(dev - s.sum_log_weights + self.offset)
         if not gradient:
             return dev, None
         v = np.append(-beta, 1.0)
@@ -255,7 +256,7 @@ class ProfiledDeviance:
         else:
             dev = logdet + n * (1.0 + LOG_2PI + np.log(r2 / n))
             sigma2 = r2 / n
-        sol.deviance = float(dev - s.sum_log_weights)
+        sol.deviance = float(dev - s.sum_log_weights + self.offset)
         sol.beta, sol.sigma2, sol.r2, sol.RX = beta, sigma2, r2, RX
         sol.logdet_L, sol.logdet_X = logdet, logdet_x
         return sol
@@ -270,7 +271,7 @@ class ProfiledDeviance:
         s = self.stats
         dof = s.n - s.p if self.reml else s.n
         dev = sol.logdet_L + (sol.logdet_X if self.reml else 0.0) + dof * (LOG_2PI + np.log(sigma2)) + sol.r2 / sigma2
-        return float(dev - s.sum_log_weights)
+        return float(dev - s.sum_log_weights + self.offset)
 
     def _solve_rest(
         self, lams: list[np.ndarray], sol: Solution, M: np.ndarray, rhs: np.ndarray, r2: float

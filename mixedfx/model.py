@@ -21,6 +21,7 @@ from .io import read_data
 from .likelihood import ProfiledDeviance
 from .optimize import minimize_deviance
 from .results import MixedResults
+from .rside import parse_residuals
 from .stats import compute_stats, standardise
 
 
@@ -95,6 +96,9 @@ def fit(
     start: np.ndarray | None = None,
     max_iterations: int = 1000,
     engine: str = "auto",
+    residuals: str | None = None,
+    variance: tuple[str, str] | None = None,
+    group: str | None = None,
 ) -> MixedResults:
     """Fit a linear mixed model by REML (default) or ML.
 
@@ -122,8 +126,20 @@ def fit(
         reduced in SQL without loading the rows), ``"dask"`` (a Dask DataFrame, reduced by
         map-reduce over its partitions) or ``"auto"`` (dask for a Dask DataFrame, else memory).
         The out-of-memory engines need one grouping factor or nested ones.
+    residuals:
+        residual covariance within clusters, Stata's ``residuals()`` syntax:
+        ``"ar1, t(Days)"``, ``"exchangeable"``, ``"toeplitz 2, t(visit)"``,
+        ``"independent, by(sex)"``, ``"exponential, t(age)"`` (see :mod:`mixedfx.rside`).
+    variance:
+        a variance function of a covariate, ``("power", "x")`` (SD times ``|x|^delta``) or
+        ``("exp", "x")`` (SD times ``exp(delta x)``).
+    group:
+        the cluster variable of the residual structure for a model without random effects
+        (a marginal/GLS model, e.g. ``fit("y ~ x", data, residuals="unstructured", group="id")``).
     """
     engine = _choose_engine(engine, data)
+    if engine != "memory" and (residuals is not None or variance is not None):
+        raise OptionError(f"Residual structures need the rows in memory; use engine='memory', not {engine!r}.")
     if engine != "memory":
         return _fit_out_of_memory(engine, formula, data, method, weights, covariance)
     reml = _check_method(method)
@@ -131,8 +147,14 @@ def fit(
         raise OptionError(f"missing must be 'drop' or 'raise', not {missing!r}.")
     frame = read_data(data)
     parsed = parse_formula(formula)
-    if not parsed.random:
-        raise FormulaError(f"The formula {formula!r} has no random-effects term; add one such as (1 | group).")
+    rspec = parse_residuals(residuals, variance)
+    if not parsed.random and (rspec.is_trivial or group is None):
+        hint = "." if rspec.is_trivial else ", or give group= for a marginal model with this residual structure."
+        raise FormulaError(f"The formula {formula!r} has no random-effects term; add one such as (1 | group){hint}")
+    if not rspec.is_trivial:
+        from .rside_fit import fit_rside
+
+        return fit_rside(parsed, frame, rspec, reml, covariance, missing, group, max_iterations, weights)
     design = build_design(parsed, frame, weights=weights, covariance=covariance, missing=missing)
     deviance, scaling = build_deviance(design, reml)
     theta0, lower, upper = theta_bounds(design)

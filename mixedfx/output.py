@@ -46,9 +46,13 @@ def _header(result, level: float) -> list[str]:
         right.append(("avg", f"{sizes.loc[name, 'avg']:.1f}"))
         right.append(("max", f"{int(sizes.loc[name, 'max']):,}"))
     chi2, df, p = inference.wald_chi2(result)
-    left = [f"Mixed-effects {kind} regression"]
+    rside = getattr(result, "rside", None)
+    left = [f"Mixed-effects {kind} regression" if blocks else f"Marginal (no random effects) {kind} regression"]
     if len(blocks) == 1:
         left.append(f"Group variable: {blocks[0].name}")
+    elif not blocks and rside is not None:
+        left.append(f"Group variable: {rside.cluster}")
+        right.append(("Number of groups", f"{rside.model.n_clusters:,}"))
     like = "Log restricted-likelihood" if result.reml else "Log likelihood"
     wald = [
         ("", ""),
@@ -132,11 +136,14 @@ def _random_table(result, level: float, scale: str) -> list[str]:
     ]
     current = None
     for _, row in table.iterrows():
-        if row["group"] == "Residual":
+        key = (row["group"], row["structure"])
+        if row["group"] == "Residual" and not row["structure"]:
             lines.append(rule)
-        elif row["group"] != current:
-            current = row["group"]
-            lines.append(f"{current + ': ' + row['structure']:<{width}} |")
+        elif key != current:
+            if row["group"] == "Residual":
+                lines.append(rule)
+            current = key
+            lines.append(f"{row['group'] + ': ' + row['structure']:<{width}} |")
         numbers = f"{_num(row['estimate'])} {_num(row['se'])}    {_num(row['lower'])}  {_num(row['upper'])}"
         lines.append(f"{row['parameter']:>{width - 2}}   | {numbers}")
     lines.append("-" * len(rule))
@@ -228,6 +235,16 @@ def results_dict(result, ranef: bool = False, dfmethod: str | None = None) -> di
         "wald_chi2": {"chi2": _clean(chi2), "df": df, "p": _clean(p)},
         "lr_test_vs_linear": {"statistic": _clean(lr.statistic), "df": lr.df, "p": _clean(lr.pvalue), "kind": lr.kind},
     }
+    rside = getattr(result, "rside", None)
+    if rside is not None:
+        out["residuals"] = {
+            "type": rside.spec.kind,
+            "order": rside.spec.order or None,
+            "time": rside.spec.time,
+            "by": rside.spec.by,
+            "cluster": rside.cluster,
+            "parameters": {k: _clean(v) for k, v in zip(rside.labels, rside.natural())},
+        }
     if dfmethod:
         table = inference.coef_table(result, dfmethod=dfmethod)
         out["dfmethod"] = dfmethod

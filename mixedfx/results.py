@@ -73,7 +73,8 @@ class MixedResults:
     @property
     def n_params(self) -> int:
         """Number of estimated parameters: fixed effects, covariance parameters and sigma."""
-        return len(self.fixef) + self.theta.size + 1
+        rside = getattr(self, "rside", None)
+        return len(self.fixef) + self.theta.size + 1 + (rside.u.size if rside is not None else 0)
 
     @property
     def aic(self) -> float:
@@ -105,7 +106,7 @@ class MixedResults:
             Gr = lam @ lam.T
             for term in block.terms:
                 out.append(term.structure.theta_from_relative_covariance(Gr[term.columns, term.columns]))
-        return np.concatenate(out)
+        return np.concatenate(out) if out else np.zeros(0)
 
     @cached_property
     def G(self) -> dict[str, pd.DataFrame]:

@@ -9,7 +9,8 @@ Grammar (a subset of Stata's ``mixed``, enough for the lecture's commands as wri
 - each ``||`` adds a level nested in the previous one (the first is the highest level);
 - ``re_options``: ``noconstant``, ``covariance(identity|independent|exchangeable|unstructured)``
   (default independent, as Stata);
-- ``options``: ``mle``/``ml``, ``reml``, ``variance``, ``stddev``, ``level(#)``.
+- ``options``: ``mle``/``ml``, ``reml``, ``variance``, ``stddev``, ``level(#)``,
+  ``residuals(TYPE[, t(VAR) by(VAR)])`` (with ``|| id:, noconstant`` a marginal model).
 
 Stata estimates by ML unless ``reml`` is given; so does this front end.
 """
@@ -25,16 +26,19 @@ from .covariance import canonical_structure
 from .errors import FormulaError, OptionError, suggest
 
 RE_OPTIONS = {"noconstant", "nocons", "covariance", "cov"}
-GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level"}
+GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level", "residuals"}
+
+
+OPTION = r"([A-Za-z_]+)\s*(?:\(((?:[^()]|\([^()]*\))*)\))?"  # name or name(args), args may hold t(x)
 
 
 def _split_options(text: str) -> tuple[str, list[tuple[str, str | None]]]:
     """``"x1 x2, cov(uns) mle"`` -> (``"x1 x2"``, [("cov", "uns"), ("mle", None)])."""
     body, _, opts = text.partition(",")
     options = []
-    for match in re.finditer(r"([A-Za-z_]+)\s*(?:\(([^)]*)\))?", opts):
+    for match in re.finditer(OPTION, opts):
         options.append((match.group(1).lower(), match.group(2)))
-    leftover = re.sub(r"([A-Za-z_]+)\s*(?:\(([^)]*)\))?", "", opts).strip()
+    leftover = re.sub(OPTION, "", opts).strip()
     if leftover:
         raise FormulaError(f"Cannot read the options {opts.strip()!r} (unexpected {leftover!r}).")
     return body.strip(), options
@@ -94,7 +98,7 @@ def parse_mixed(command: str) -> dict:
             global_opts.append((name, value))
         else:
             raise OptionError(f"Unknown option {name!r} in the fixed part.{suggest(name, sorted(GLOBAL_OPTIONS))}")
-    random_terms, covariance = [], {}
+    random_terms, covariance, no_effects = [], {}, None
     outer: list[str] = []
     for segment in segments[1:]:
         if ":" not in segment:
@@ -113,13 +117,16 @@ def parse_mixed(command: str) -> dict:
         constant, structure = _level_options(level_opts, level)
         variables = [_translate_term(t) for t in body.split()]
         if not variables and not constant:
+            if len(segments) == 2:  # Stata: '|| id:, noconstant residuals(...)' is a marginal model
+                no_effects = level
+                continue
             raise FormulaError(f"Level {level!r} has no random effects (noconstant and no variables).")
         expr = " + ".join((["1"] if constant else ["0"]) + variables)
         group = ":".join([level] + outer[::-1]) if outer else level
         outer.append(level)
         random_terms.append(f"({expr} | {group})")
         covariance[group] = structure if len(variables) + constant > 1 else "identity"
-    method, scale, conf = "ml", "var", 0.95
+    method, scale, conf, residuals = "ml", "var", 0.95, None
     for name, value in global_opts:
         if name in ("mle", "ml"):
             method = "ml"
@@ -129,6 +136,8 @@ def parse_mixed(command: str) -> dict:
             scale = "var"
         elif name == "stddev":
             scale = "sd"
+        elif name == "residuals":
+            residuals = value
         elif name == "level":
             try:
                 conf = float(value) / 100
@@ -136,9 +145,19 @@ def parse_mixed(command: str) -> dict:
                 raise OptionError(f"level() needs a number such as level(90), not {value!r}.") from None
         else:
             raise OptionError(f"Unknown option {name!r}.{suggest(name, sorted(GLOBAL_OPTIONS | RE_OPTIONS))}")
+    if no_effects is not None and residuals is None:
+        raise FormulaError(f"Level {no_effects!r} has no random effects (noconstant and no variables).")
     fixed = " + ".join((["1"] if fixed_constant else ["0"]) + regressors)
-    formula = f"{response} ~ {fixed} + {' + '.join(random_terms)}"
-    return {"formula": formula, "covariance": covariance, "method": method, "scale": scale, "level": conf}
+    formula = f"{response} ~ {fixed}" + (f" + {' + '.join(random_terms)}" if random_terms else "")
+    return {
+        "formula": formula,
+        "covariance": covariance,
+        "method": method,
+        "scale": scale,
+        "level": conf,
+        "residuals": residuals,
+        "group": no_effects,
+    }
 
 
 def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object):
@@ -149,7 +168,15 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object):
     from .model import fit
 
     spec = parse_mixed(command)
-    result = fit(spec["formula"], data, method=spec["method"], covariance=spec["covariance"], **fit_options)
+    result = fit(
+        spec["formula"],
+        data,
+        method=spec["method"],
+        covariance=spec["covariance"],
+        residuals=spec["residuals"],
+        group=spec["group"],
+        **fit_options,
+    )
     result.display_scale = spec["scale"]
     result.display_level = spec["level"]
     result.stata_command = command
