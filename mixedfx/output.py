@@ -235,6 +235,11 @@ def results_dict(result, ranef: bool = False, dfmethod: str | None = None) -> di
         "wald_chi2": {"chi2": _clean(chi2), "df": df, "p": _clean(p)},
         "lr_test_vs_linear": {"statistic": _clean(lr.statistic), "df": lr.df, "p": _clean(lr.pvalue), "kind": lr.kind},
     }
+    table = inference.varcomp_table(result, scale="sd")
+    out["random_effects_parameters"] = [
+        {k: (_clean(v) if k not in ("group", "structure", "parameter") else v) for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
     rside = getattr(result, "rside", None)
     if rside is not None:
         out["residuals"] = {

@@ -211,6 +211,8 @@ def test_table_json_and_cli(sleepstudy, capsys):
     assert out["residuals"]["type"] == "ar1"
     assert out["residuals"]["parameters"]["rho"] == pytest.approx(fit.rside.natural()[0])
     assert out["lr_test_vs_linear"]["df"] == 2
+    rows = {r["parameter"]: r for r in out["random_effects_parameters"]}
+    assert rows["rho"]["se"] > 0 and rows["rho"]["lower"] < rows["rho"]["estimate"] < rows["rho"]["upper"]
 
 
 @pytest.mark.parametrize(
