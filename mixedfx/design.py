@@ -216,13 +216,23 @@ def _level_label(value: object) -> str:
     return str(value)
 
 
+def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
+    """Level label of every row for a (possibly interaction) factor, ``"a:b"`` joined (vectorised)."""
+    joined = None
+    for name in factor:
+        codes, uniques = pd.factorize(data[name], sort=True)
+        names = np.array([_level_label(u) for u in uniques] + ["nan"], dtype=str)
+        labels = names[codes]  # code -1 (missing) picks "nan"
+        joined = labels if joined is None else np.char.add(np.char.add(joined, ":"), labels)
+    return joined
+
+
 def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
     """Integer codes and labels of a (possibly interaction) grouping factor."""
     if len(factor) == 1:
         codes, uniques = pd.factorize(data[factor[0]], sort=True)
         return codes.astype(np.int64), [_level_label(u) for u in uniques]
-    labels = data[list(factor)].apply(lambda col: col.map(_level_label)).agg(":".join, axis=1)
-    codes, uniques = pd.factorize(labels, sort=True)
+    codes, uniques = pd.factorize(factor_labels(data, factor), sort=True)
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 

@@ -94,6 +94,31 @@ class ProfiledDeviance:
         rows = np.arange(m1 * q1)
         self._bd_indptr = np.arange(0, m1 * q1 * q1 + 1, q1)
         self._bd_indices = ((rows // q1)[:, None] * q1 + np.arange(q1)[None, :]).ravel()
+        self._nested = self._detect_nesting()
+
+    def _detect_nesting(self) -> bool:
+        """True when there is one outer factor and every first-factor level lies in one of its levels.
+
+        Then the Schur complement of the outer factor is block diagonal (one q2 x q2 block per
+        level) and is factorised with the batched kernels instead of densely.
+        """
+        s = self.stats
+        if len(s.rest_sizes) != 1:
+            return False
+        q2, m2 = s.rest_sizes[0]
+        coo = s.rest_Z1.tocoo()
+        pairs = np.unique(np.column_stack([coo.col // s.first_q, coo.row // q2]), axis=0)
+        if np.unique(pairs[:, 0]).size != pairs.shape[0]:
+            return False
+        idx = (np.arange(m2) * q2)[:, None] + np.arange(q2)[None, :]
+        blocks = s.rest_ZtZ[idx[:, :, None], idx[:, None, :]]  # (m2, q2, q2)
+        off = s.rest_ZtZ.copy()
+        off[idx[:, :, None], idx[:, None, :]] = 0.0
+        if np.any(off != 0.0):
+            return False
+        self._outer_ZtZ = np.ascontiguousarray(blocks.transpose(1, 2, 0))
+        self._outer_index = idx
+        return True
 
     def _prepare_single(self) -> None:
         """Stacked ``Z_j'[X y]`` (q, p+1, m) and ``[X y]'[X y]`` for the single-factor path."""
@@ -152,7 +177,7 @@ class ProfiledDeviance:
         try:
             if self.single_factor:
                 return self.deviance_and_gradient(theta, gradient=False)[0]
-            return self.solve(theta).deviance
+            return self.solve(theta, dense=False).deviance
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             return np.inf
 
@@ -218,8 +243,11 @@ class ProfiledDeviance:
         grad = np.einsum("kij,ji->k", jac, F)
         return dev, grad
 
-    def solve(self, theta: np.ndarray) -> Solution:
-        """Evaluate the profiled deviance at ``theta`` and keep the intermediate results."""
+    def solve(self, theta: np.ndarray, dense: bool = True) -> Solution:
+        """Evaluate the profiled deviance at ``theta`` and keep the intermediate results.
+
+        ``dense=False`` skips forming a dense outer factor that only BLUPs need.
+        """
         s = self.stats
         theta = np.asarray(theta, dtype=float)
         lams = self.lambdas(theta)
@@ -236,7 +264,7 @@ class ProfiledDeviance:
         r2 = s.yty - float(np.einsum("am,am->", c1y, c1y))
         sol = Solution(0.0, np.empty(0), 0.0, 0.0, L1, c1X, c1y, np.empty((0, 0)))
         if s.rest_Z1 is not None:
-            logdet_rest, M, rhs, r2 = self._solve_rest(lams, sol, M, rhs, r2)
+            logdet_rest, M, rhs, r2 = self._solve_rest(lams, sol, M, rhs, r2, dense)
             logdet += logdet_rest
         p = s.p
         if p:
@@ -273,8 +301,45 @@ class ProfiledDeviance:
         dev = sol.logdet_L + (sol.logdet_X if self.reml else 0.0) + dof * (LOG_2PI + np.log(sigma2)) + sol.r2 / sigma2
         return float(dev - s.sum_log_weights + self.offset)
 
+    def _solve_nested_rest(
+        self,
+        lam: np.ndarray,
+        lam2: sp.csr_matrix,
+        L21: sp.csr_matrix,
+        sol: Solution,
+        M: np.ndarray,
+        rhs: np.ndarray,
+        r2: float,
+        dense: bool,
+    ):
+        """Outer factor nesting the first one: its Schur complement is block diagonal, factorised in batch."""
+        s = self.stats
+        q2, m2 = s.rest_sizes[0]
+        q1, m1 = s.first_q, s.n_first_levels
+        A2 = batched.congruence(lam, self._outer_ZtZ)
+        A2[np.arange(q2), np.arange(q2)] += 1.0
+        fill = (L21 @ L21.T).tocsr()
+        idx = self._outer_index
+        rows, cols = np.broadcast_arrays(idx[:, :, None], idx[:, None, :])
+        A2 -= np.asarray(fill[rows.ravel(), cols.ravel()]).reshape(m2, q2, q2).transpose(1, 2, 0)
+        L2 = batched.cholesky(A2)
+        lam2T = lam2.T.tocsr()
+        flat_c1X = sol.c1X.transpose(2, 0, 1).reshape(m1 * q1, -1)
+        flat_c1y = sol.c1y.T.reshape(-1)
+        p = flat_c1X.shape[1]
+        rhs_X = (lam2T @ s.rest_ZtX - L21 @ flat_c1X).reshape(m2, q2, p).transpose(1, 2, 0)
+        rhs_y = (lam2T @ s.rest_Zty - L21 @ flat_c1y).reshape(m2, q2).T
+        c2X = batched.solve_lower(L2, np.ascontiguousarray(rhs_X)).transpose(2, 0, 1).reshape(m2 * q2, p)
+        c2y = batched.solve_lower(L2, np.ascontiguousarray(rhs_y)).T.reshape(-1)
+        dense_L2 = None
+        if dense:  # the dense factor is only needed for BLUPs and conditional variances
+            dense_L2 = sp.block_diag([L2[:, :, j] for j in range(m2)], format="csr").toarray()
+        sol.L21, sol.L2, sol.c2X, sol.c2y = L21, dense_L2, c2X, c2y
+        logdet = 2.0 * float(np.log(np.diagonal(L2, axis1=0, axis2=1)).sum())
+        return logdet, M - c2X.T @ c2X, rhs - c2X.T @ c2y, r2 - float(c2y @ c2y)
+
     def _solve_rest(
-        self, lams: list[np.ndarray], sol: Solution, M: np.ndarray, rhs: np.ndarray, r2: float
+        self, lams: list[np.ndarray], sol: Solution, M: np.ndarray, rhs: np.ndarray, r2: float, dense: bool = True
     ) -> tuple[float, np.ndarray, np.ndarray, float]:
         """Eliminate the first factor from the other factors' block and factor the rest densely."""
         s = self.stats
@@ -287,6 +352,8 @@ class ProfiledDeviance:
         blockdiag = sp.csr_matrix((data, self._bd_indices, self._bd_indptr), shape=(m1 * q1, m1 * q1))
         lam2 = self._rest_lambda(lams)
         L21 = (lam2.T @ s.rest_Z1 @ blockdiag).tocsr()
+        if self._nested:
+            return self._solve_nested_rest(lams[1], lam2, L21, sol, M, rhs, r2, dense)
         # Lambda2 is sparse (block diagonal): apply it from both sides without dense Q2^3 products.
         lam2T = lam2.T.tocsr()
         S = np.asarray(lam2T @ np.asarray(lam2T @ s.rest_ZtZ).T).T

@@ -57,12 +57,12 @@ def _random_matrix(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
 
 def _new_codes(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
     """Level index of each new row in the fitted factor, -1 for an unseen level."""
-    from .design import _level_label
+    from .design import factor_labels
 
     for name in block.factor:
         if name not in data.columns:
             raise DataError(f"New data have no column {name!r} (grouping factor {block.name!r}).")
-    labels = data[list(block.factor)].apply(lambda col: col.map(_level_label)).agg(":".join, axis=1)
+    labels = pd.Series(factor_labels(data, block.factor), index=data.index)
     lookup = {level: i for i, level in enumerate(block.levels)}
     return labels.map(lookup).fillna(-1).astype(int).to_numpy()
 

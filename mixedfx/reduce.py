@@ -143,13 +143,13 @@ def _matrices(plan: ColumnPlan, frame: pd.DataFrame) -> tuple[np.ndarray, np.nda
 
 def _keys(plan: ColumnPlan, frame: pd.DataFrame) -> pd.DataFrame:
     """Level labels of every grouping factor, one column per factor (``g2:g1`` joined by ':')."""
-    from .design import _level_label
+    from .design import factor_labels
 
     out = {}
     for _, factor, *_ in plan.terms:
         name = ":".join(factor)
         if name not in out:
-            out[name] = frame[list(factor)].apply(lambda col: col.map(_level_label)).agg(":".join, axis=1).to_numpy()
+            out[name] = factor_labels(frame, factor)
     return pd.DataFrame(out)
 
 

@@ -56,6 +56,7 @@ def _data(seed=0):
     )
     d["y"] = 3 + d.x + rng.normal(size=6)[d.a] + rng.normal(size=4)[d.c] + rng.normal(size=n)
     d["w"] = rng.uniform(0.5, 2.0, n)
+    d["klass"] = d["b"] * 10 + d["a"]  # nested in b
     return d
 
 
@@ -67,6 +68,7 @@ def _data(seed=0):
         ("y ~ x + t + (1 | a) + (0 + x | a)", None),
         ("y ~ x + (1 | a) + (1 + x | c)", None),
         ("y ~ x + (1 | a/b)", None),
+        ("y ~ x + (1 + x | b) + (1 | klass)", None),  # outer factor with a random slope nesting klass
         ("y ~ x + (x || a) + (1 | c)", "w"),
     ],
 )
