@@ -77,15 +77,6 @@ def schools(out: Path, img: Path) -> list[str]:
     return md
 
 
-def derive_spline(d):
-    d = d.copy()
-    d["age_c"] = d["age"] - 1
-    d["age_sp"] = np.maximum(d["age_c"], 0)
-    d["age_c_girl"] = d["age_c"] * d["girl"]
-    d["age_sp_girl"] = d["age_sp"] * d["girl"]
-    return d
-
-
 def growth(out: Path, img: Path) -> list[str]:
     asian = mixedfx.datasets.load_asian()
     md = ["## Asian children's growth", ""]
@@ -105,7 +96,10 @@ def growth(out: Path, img: Path) -> list[str]:
     ]
     md += ["ICC (Stata `estat icc`):", "", "```", fit.icc().round(4).to_string(), "```", ""]
     curves = fit.predict_grid(
-        {"age": np.linspace(0.1, 2.6, 40)}, by={"girl": [0.0, 1.0]}, groups=[45, 258], derive=derive_spline
+        {"age": np.linspace(0.1, 2.6, 40)},
+        by={"girl": [0.0, 1.0]},
+        groups=[45, 258],
+        derive=mixedfx.datasets.add_spline_terms,
     )
     fig = plots.predicted_curves(curves, "age", by="girl", data=asian, y="weight", group="id")
     md += [f"![predicted growth](img/{save(fig, img / 'growth_predicted.png')})", ""]

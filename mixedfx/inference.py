@@ -426,18 +426,7 @@ def coef_table(result, level: float = 0.95, dfmethod: str | None = None, vce: st
     else:
         se = result.se
     if dfmethod is None:
-        q = st.norm.ppf(0.5 + level / 2)
-        stat = est / se
-        return pd.DataFrame(
-            {
-                "estimate": est,
-                "se": se,
-                "z": stat,
-                "p": 2 * st.norm.sf(np.abs(stat)),
-                "lower": est - q * se,
-                "upper": est + q * se,
-            }
-        )
+        return pd.DataFrame(_z_columns(est, se, level))
     from .ddf import coefficient_df
 
     df, vcov = coefficient_df(result, dfmethod)
@@ -664,19 +653,21 @@ def lincom(result, expr: str, level: float = 0.95, vcov: np.ndarray | None = Non
     V = result.vcov.to_numpy() if vcov is None else vcov
     est = float(L @ result.fixef.to_numpy() + c)
     se = float(np.sqrt(L @ V @ L))
-    zq = st.norm.ppf(0.5 + level / 2)
-    zstat = est / se
-    return pd.Series(
-        {
-            "estimate": est,
-            "se": se,
-            "z": zstat,
-            "p": 2 * st.norm.sf(abs(zstat)),
-            "lower": est - zq * se,
-            "upper": est + zq * se,
-        },
-        name=expr,
-    )
+    return pd.Series(_z_columns(est, se, level), name=expr)
+
+
+def _z_columns(est, se, level: float) -> dict:
+    """Estimate, SE, z, two-sided p and normal CI (scalars or aligned Series)."""
+    q = st.norm.ppf(0.5 + level / 2)
+    z = est / se
+    return {
+        "estimate": est,
+        "se": se,
+        "z": z,
+        "p": 2 * st.norm.sf(np.abs(z)),
+        "lower": est - q * se,
+        "upper": est + q * se,
+    }
 
 
 def hypothesis_matrix(result, *equations: str) -> tuple[np.ndarray, np.ndarray]:

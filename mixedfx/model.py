@@ -167,13 +167,18 @@ def fit(
         deviance, theta0, lower, upper, max_iterations=max_iterations, value_and_gradient=gradient
     )
     result = MixedResults(design, deviance, scaling, report, reml)
-    if not report.converged:
-        warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=2)
+    warn_fit_problems(result, stacklevel=3)
+    return result
+
+
+def warn_fit_problems(result: MixedResults, stacklevel: int = 2) -> None:
+    """Warn about non-convergence and boundary (singular) fits: never silently."""
+    if not result.optimum.converged:
+        warnings.warn(f"Model did not converge: {result.optimum.message}.", ConvergenceWarning, stacklevel=stacklevel)
     if result.singular:
         warnings.warn(
             "Boundary (singular) fit: a variance is estimated as zero or a correlation as +-1; "
             "see fit.varcorr and consider a simpler random-effects structure.",
             SingularFitWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    return result

@@ -547,11 +547,9 @@ def _check_variables(parsed: ParsedFormula, columns: list[str]) -> None:
 
 def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str, str] | None = None):
     """Fit a model from a :class:`ReducedData` (no rows needed)."""
-    import warnings
 
-    from .errors import ConvergenceWarning, SingularFitWarning
     from .likelihood import ProfiledDeviance
-    from .model import _check_method
+    from .model import _check_method, warn_fit_problems
     from .optimize import minimize_deviance
     from .results import MixedResults
 
@@ -590,14 +588,7 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     )
     design.n_rows = reduced.nobs
     result = MixedResults(design, deviance, reduced.scaling, report, reml)
-    if not report.converged:
-        warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=2)
-    if result.singular:
-        warnings.warn(
-            "Boundary (singular) fit: a variance is estimated as zero or a correlation as +-1.",
-            SingularFitWarning,
-            stacklevel=2,
-        )
+    warn_fit_problems(result, stacklevel=3)
     return result
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .design import build_design
-from .errors import ConvergenceWarning, DataError, OptionError, SingularFitWarning
+from .errors import DataError, OptionError, SingularFitWarning
 from .formula import ParsedFormula
 from .likelihood import ProfiledDeviance
 from .optimize import minimize_deviance
@@ -158,14 +158,9 @@ def fit_rside(
     theta_report = dataclasses.replace(report, theta=report.theta[:k], gradient=report.gradient[:k])
     result = MixedResults(design, inner, scaling, theta_report, reml)
     result.rside = RSideFit(model, u_hat, cluster_name, report.gradient[k:])
-    if not report.converged:
-        warnings.warn(f"Model did not converge: {report.message}.", ConvergenceWarning, stacklevel=3)
-    if result.singular:
-        warnings.warn(
-            "Boundary (singular) fit: a variance is estimated as zero or a correlation as +-1.",
-            SingularFitWarning,
-            stacklevel=3,
-        )
+    from .model import warn_fit_problems
+
+    warn_fit_problems(result, stacklevel=4)
     if np.any(np.abs(u_hat) > U_BOUND - 1e-3):
         warnings.warn(
             "A residual correlation or SD ratio is at its bound (correlation near +-1).",

@@ -59,16 +59,12 @@ def test_shrinkage_plot_two_effects_and_one_effect(schools, growth):
 
 
 def test_predicted_curves(growth):
-    def derive(d):
-        d = d.copy()
-        d["age_c"] = d["age"] - 1
-        d["age_sp"] = np.maximum(d["age_c"], 0)
-        d["age_c_girl"] = d["age_c"] * d["girl"]
-        d["age_sp_girl"] = d["age_sp"] * d["girl"]
-        return d
 
     curves = growth.predict_grid(
-        {"age": np.linspace(0.1, 2.5, 20)}, by={"girl": [0.0, 1.0]}, groups=[2, 3], derive=derive
+        {"age": np.linspace(0.1, 2.5, 20)},
+        by={"girl": [0.0, 1.0]},
+        groups=[2, 3],
+        derive=mixedfx.datasets.add_spline_terms,
     )
     fig = plots.predicted_curves(curves, "age", by="girl", data=mixedfx.datasets.load_asian(), y="weight", group="id")
     ax = fig.axes[0]

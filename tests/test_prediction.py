@@ -161,16 +161,11 @@ def test_rank_orders_and_flags(schools):
 
 
 def test_growth_curves_by_gender_and_individuals(growth):
-    def derive(d):
-        d = d.copy()
-        d["age_c"] = d["age"] - 1
-        d["age_sp"] = np.maximum(d["age_c"], 0)
-        d["age_c_girl"] = d["age_c"] * d["girl"]
-        d["age_sp_girl"] = d["age_sp"] * d["girl"]
-        return d
 
     ages = np.linspace(0.1, 2.5, 7)
-    curves = growth.predict_grid({"age": ages}, by={"girl": [0.0, 1.0]}, groups=[2, 3], derive=derive)
+    curves = growth.predict_grid(
+        {"age": ages}, by={"girl": [0.0, 1.0]}, groups=[2, 3], derive=mixedfx.datasets.add_spline_terms
+    )
     pop = curves[curves["curve"] == "population"]
     assert len(pop) == 14 and set(pop["girl"]) == {0.0, 1.0}
     boys = pop[pop["girl"] == 0.0]

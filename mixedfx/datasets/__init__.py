@@ -19,7 +19,16 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
-__all__ = ["load_exam", "load_asian", "load_sleepstudy", "load_pastes", "load_penicillin", "load", "NAMES"]
+__all__ = [
+    "add_spline_terms",
+    "load_exam",
+    "load_asian",
+    "load_sleepstudy",
+    "load_pastes",
+    "load_penicillin",
+    "load",
+    "NAMES",
+]
 
 
 def _read(name: str, **kwargs: object) -> pd.DataFrame:
@@ -37,15 +46,25 @@ def load_exam() -> pd.DataFrame:
     return d
 
 
-def load_asian() -> pd.DataFrame:
-    """The children's growth data with the lecture's spline variables."""
-    d = _read("asian.csv")
+def add_spline_terms(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with the lecture's spline variables computed from ``age`` and ``girl``.
+
+    ``age_c = age - 1``, ``age_sp = max(age_c, 0)`` (knot at one year), ``age_c_girl`` and
+    ``age_sp_girl``; use it as ``derive=`` of ``fit.predict_grid`` for growth curves.
+    """
+    d = frame.copy()
     d["age_c"] = d["age"] - 1
     d["age_sp"] = np.maximum(d["age_c"], 0.0)
-    d["girl"] = (d["gender"] == 2).astype(float)
     d["age_c_girl"] = d["age_c"] * d["girl"]
     d["age_sp_girl"] = d["age_sp"] * d["girl"]
     return d
+
+
+def load_asian() -> pd.DataFrame:
+    """The children's growth data with the lecture's spline variables."""
+    d = _read("asian.csv")
+    d["girl"] = (d["gender"] == 2).astype(float)
+    return add_spline_terms(d)
 
 
 def load_sleepstudy() -> pd.DataFrame:
