@@ -50,7 +50,10 @@ def _child(kind: str, paths: list[str], queue: mp.Queue) -> None:
 
     start = time.perf_counter()
     if kind == "duckdb":
-        con = duckdb.connect(config={"memory_limit": "1GB", "threads": 2})
+        import tempfile
+
+        spill = tempfile.mkdtemp(prefix="mixedfx-duckdb-")
+        con = duckdb.connect(config={"memory_limit": "1GB", "threads": 2, "temp_directory": spill})
         fit = fit_reduced(reduce_duckdb(FORMULA, paths, connection=con))
     else:
         data = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
