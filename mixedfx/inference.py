@@ -461,6 +461,8 @@ def icc(result, level: float = 0.95) -> pd.DataFrame:
     covariates: use :func:`wcorrelation`).
     """
     blocks = result.design.blocks
+    if not blocks:
+        raise ValueError("This model has no random effects (a marginal model): see fit.wcorrelation() instead of ICCs.")
     for block in blocks:
         if block.names != ["(Intercept)"]:
             raise ValueError(
@@ -506,6 +508,14 @@ def _outer_first(block, blocks) -> list[str]:
 def _cluster_rows(result, group: str | None, cluster: object | None) -> tuple[object, np.ndarray, str]:
     """Row positions of one cluster of ``group`` (default: the factor with fewest levels, first level)."""
     blocks = result.design.blocks
+    rside = getattr(result, "rside", None)
+    if not blocks and rside is not None:  # marginal model: clusters of the residual structure
+        codes, uniques = pd.factorize(result.design.data[rside.cluster], sort=True)
+        labels = [str(u) for u in uniques]
+        label = labels[0] if cluster is None else str(cluster)
+        if label not in labels:
+            raise ValueError(f"{rside.cluster!r} has no level {label!r}.")
+        return label, np.flatnonzero(codes == labels.index(label)), rside.cluster
     block = (
         min(blocks, key=lambda b: b.n_levels) if group is None else next((b for b in blocks if b.name == group), None)
     )

@@ -81,8 +81,12 @@ def build_report(
     """The report as an HTML string (see :func:`write_report`)."""
     require_rows(fit, "The report")
     data = fit.design.data
-    block = fit.design.blocks[0]
-    group = block.factor[0] if len(block.factor) == 1 else None
+    block = fit.design.blocks[0] if fit.design.blocks else None
+    rside = getattr(fit, "rside", None)
+    if block is not None:
+        group = block.factor[0] if len(block.factor) == 1 else None
+    else:  # a marginal model: clusters come from its residual structure
+        group = rside.cluster if rside is not None else None
     x = x or _default_x(fit)
     y = fit.design.response_name
     tracker = _Progress(8, progress)
@@ -105,9 +109,10 @@ def build_report(
         sections.append(("Intraclass correlation", f"<p>{escape(str(exc))}</p>"))
     lr = fit.lr_test_vs_linear()
     sections.append(("LR test against linear regression", f"<p>{escape(lr.describe())}</p>"))
-    ranks = fit.rank(group=block.name)
-    shown = pd.concat([ranks.head(10), ranks.tail(10)]) if len(ranks) > 20 else ranks
-    sections.append((f"Ranking of {block.name} by its (Intercept) EB estimate", _table_html(shown)))
+    if block is not None and "(Intercept)" in block.names:
+        ranks = fit.rank(group=block.name)
+        shown = pd.concat([ranks.head(10), ranks.tail(10)]) if len(ranks) > 20 else ranks
+        sections.append((f"Ranking of {block.name} by its (Intercept) EB estimate", _table_html(shown)))
     tracker.step("ICC, LR test, ranking")
 
     figures = []
@@ -122,9 +127,10 @@ def build_report(
         if x in ols.columns and ols[x].notna().sum() > 2:
             figures.append(_figure_html(plots.ols_scatter(ols, x), "cluster OLS intercepts vs slopes"))
     tracker.step("exploratory plots")
-    if block.q <= 2:
+    if block is not None and block.q <= 2:
         figures.append(_figure_html(plots.shrinkage_plot(fit, group=block.name, min_size=5), "shrinkage"))
-    figures.append(_figure_html(plots.caterpillar(fit, group=block.name), "caterpillar plot"))
+    if block is not None and "(Intercept)" in block.names:
+        figures.append(_figure_html(plots.caterpillar(fit, group=block.name), "caterpillar plot"))
     tracker.step("shrinkage and ranking plots")
     figures.append(_figure_html(plots.residual_diagnostics(fit), "residual diagnostics"))
     tracker.step("residual diagnostics")

@@ -167,6 +167,8 @@ class MixedResults:
     @cached_property
     def _conditional(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Per factor: conditional modes, conditional covariances and prediction-error covariances."""
+        if not self.design.blocks:  # a marginal model: no random effects
+            return [], [], []
         dev = self.deviance_function
         u1, u2 = dev.spherical_modes(self.solution)
         s = self.scaling.y_scale
@@ -228,6 +230,8 @@ class MixedResults:
                         }
                     )
                 )
+        if not frames:  # a marginal model has no random effects
+            return pd.DataFrame(columns=["group", "level", "term", "estimate", "se", "se_comparative", "n"])
         return pd.concat(frames, ignore_index=True)
 
     def ranef_conditional_covariance(self) -> dict[str, np.ndarray]:

@@ -182,6 +182,15 @@ def test_marginal_exchangeable_equals_random_intercept(sleepstudy):
     assert "Marginal (no random effects) REML regression" in marginal.summary()
     stata = mixedfx.mixed("Reaction Days || Subject:, noconstant residuals(exchangeable) reml", sleepstudy)
     assert stata.loglik == pytest.approx(marginal.loglik, abs=1e-8)
+    R = marginal.wcorrelation(cluster="308").to_numpy()
+    np.testing.assert_allclose(R[~np.eye(10, dtype=bool)], rho)  # compound symmetry
+    assert marginal.ranef() == {} and len(marginal.predict(sleepstudy.head(3))) == 3
+
+
+def test_marginal_model_report(sleepstudy, tmp_path):
+    fit = mixedfx.fit("Reaction ~ Days", sleepstudy, residuals="toeplitz 2, t(Days)", group="Subject")
+    html = fit.report(tmp_path / "m.html", x="Days", time="Days", progress=False).read_text()
+    assert "Residual: Toeplitz 2" in html and "no random effects" in html
 
 
 def test_children_autocorrelation_and_lr_test_against_exponential():
