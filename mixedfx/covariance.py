@@ -21,6 +21,7 @@ column.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -132,9 +133,8 @@ class CovStructure:
         derivative is the factor of a unit vector; the exchangeable one is differentiated
         analytically.
         """
-        k = self.n_params
         if self.kind != "exchangeable" or self.q == 1:
-            return np.stack([self.factor(np.eye(k)[i]) for i in range(k)])
+            return _linear_jacobian(self)
         q = self.q
         t, r = theta
         a = np.sqrt(max(1.0 - r, 1e-300))
@@ -182,7 +182,19 @@ def _safe_cholesky(A: np.ndarray) -> np.ndarray:
     return L
 
 
+@lru_cache(maxsize=64)
 def _tril_indices_colwise(q: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of a q x q lower triangle, column by column (lme4's order)."""
+    """Row and column indices of a q x q lower triangle, column by column (lme4's order; cached)."""
     cols, rows = np.triu_indices(q)
+    rows.flags.writeable = False
+    cols.flags.writeable = False
     return rows, cols
+
+
+@lru_cache(maxsize=64)
+def _linear_jacobian(structure: CovStructure) -> np.ndarray:
+    """dLambda/dtheta of a structure linear in theta: the factors of the unit vectors (constant)."""
+    k = structure.n_params
+    jac = np.stack([structure.factor(np.eye(k)[i]) for i in range(k)])
+    jac.flags.writeable = False
+    return jac
