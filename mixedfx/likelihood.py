@@ -37,6 +37,9 @@ from .stats import SufficientStats
 
 LOG_2PI = float(np.log(2 * np.pi))
 
+#: Clusters per chunk in the single-factor evaluation (bounds its temporaries to ~100 MB for q = 2).
+CHUNK_CLUSTERS = 500_000
+
 
 @dataclass
 class Solution:
@@ -191,25 +194,24 @@ class ProfiledDeviance:
         ``H_j = Z_j'X_j M^{-1} X_j'Z_j`` and ``Q_j = -(c / r^2) g_j g_j' - [REML] H_j``
         (``c = n`` or ``n - p``), the gradient is ``tr(F dLambda/dtheta_k)`` with
         ``F = 2 sum_j P_j Lambda' (S_j + Q_j - Q_j Lambda P_j Lambda' S_j)``.
+
+        Clusters are processed in chunks of :data:`CHUNK_CLUSTERS`, so the per-cluster
+        temporaries stay bounded however many clusters there are (with several chunks the
+        factorisations are recomputed for the gradient pass rather than kept).
         """
         s = self.stats
         theta = np.asarray(theta, dtype=float)
         lam = self.factors[0][1](theta)
-        q, m, p = s.first_q, s.n_first_levels, s.p
-        A = (np.kron(lam.T, lam.T) @ self._S_flat).reshape(q, q, m)
-        idx = np.arange(q)
-        A[idx, idx] += 1.0
-        L = batched.cholesky(A)
-        logdet = 2.0 * float(np.log(np.diagonal(L, axis1=0, axis2=1)).sum())
-        P = batched.inverse_from_cholesky(L)
-        B = (np.kron(lam, lam) @ P.reshape(q * q, m)).reshape(q, q, m)
-        ZtW = self._ZtW
+        m, p = s.n_first_levels, s.p
+        chunks = [slice(i, min(i + CHUNK_CLUSTERS, m)) for i in range(0, m, CHUNK_CLUSTERS)] or [slice(0, 0)]
+        logdet = 0.0
         M_full = self._WtW.copy()
-        for a in range(q):
-            V_a = B[a, 0] * ZtW[0]
-            for b in range(1, q):
-                V_a += B[a, b] * ZtW[b]
-            M_full -= V_a @ ZtW[a].T
+        kept = None
+        for sl in chunks:
+            P, B, chunk_logdet = self._cluster_factors(lam, sl)
+            logdet += chunk_logdet
+            M_full -= self._woodbury_correction(B, sl)
+            kept = P if len(chunks) == 1 else None
         M = M_full[:p, :p]
         rhs = M_full[:p, p]
         if p:
@@ -218,7 +220,7 @@ class ProfiledDeviance:
             beta = la.solve_triangular(RX, cb, lower=True, trans="T")
             logdet_x = 2.0 * float(np.log(np.diag(RX)).sum())
         else:
-            cb, beta, logdet_x = np.zeros(0), np.zeros(0), 0.0
+            RX, cb, beta, logdet_x = None, np.zeros(0), np.zeros(0), 0.0
         r2 = max(float(M_full[p, p] - cb @ cb), 1e-300)
         dof = s.n - p if self.reml else s.n
         dev = logdet + (logdet_x if self.reml else 0.0) + dof * (1.0 + LOG_2PI + np.log(r2 / dof))
@@ -226,22 +228,58 @@ class ProfiledDeviance:
         if not gradient:
             return dev, None
         v = np.append(-beta, 1.0)
+        Minv = la.cho_solve((RX, True), np.eye(p)) if (self.reml and p) else None
+        F = np.zeros((s.first_q, s.first_q))
+        for sl in chunks:
+            P = kept if kept is not None else self._cluster_factors(lam, sl)[0]
+            F += self._gradient_terms(P, lam, sl, v, dof / r2, Minv)
+        jac = self.factors[0][2](theta)
+        return dev, np.einsum("kij,ji->k", jac, F)
+
+    def _cluster_factors(self, lam: np.ndarray, sl: slice) -> tuple[np.ndarray, np.ndarray, float]:
+        """For the clusters in ``sl``: ``P_j = A_j^{-1}``, ``B_j = Lambda P_j Lambda'`` and ``sum log|A_j|``."""
+        q = self.stats.first_q
+        S = self._S_flat[:, sl]
+        c = S.shape[1]
+        A = (np.kron(lam.T, lam.T) @ S).reshape(q, q, c)
+        idx = np.arange(q)
+        A[idx, idx] += 1.0
+        L = batched.cholesky(A)
+        logdet = 2.0 * float(np.log(np.diagonal(L, axis1=0, axis2=1)).sum())
+        P = batched.inverse_from_cholesky(L)
+        B = (np.kron(lam, lam) @ P.reshape(q * q, c)).reshape(q, q, c)
+        return P, B, logdet
+
+    def _woodbury_correction(self, B: np.ndarray, sl: slice) -> np.ndarray:
+        """``sum_j W_j'Z_j B_j Z_j'W_j`` over the clusters in ``sl``: q^2 weighted matrix products."""
+        ZtW = self._ZtW[:, :, sl]
+        q = ZtW.shape[0]
+        out = np.zeros((ZtW.shape[1], ZtW.shape[1]))
+        for a in range(q):
+            V_a = B[a, 0] * ZtW[0]
+            for b in range(1, q):
+                V_a += B[a, b] * ZtW[b]
+            out += V_a @ ZtW[a].T
+        return out
+
+    def _gradient_terms(
+        self, P: np.ndarray, lam: np.ndarray, sl: slice, v: np.ndarray, scale: float, Minv: np.ndarray | None
+    ) -> np.ndarray:
+        """The clusters' contribution to ``F`` (see :meth:`deviance_and_gradient`); ``scale = c / r^2``."""
+        ZtW = self._ZtW[:, :, sl]
+        q, p = ZtW.shape[0], ZtW.shape[1] - 1
         g = np.einsum("akm,k->am", ZtW, v)
-        Q = -(dof / r2) * g[:, None, :] * g[None, :, :]
-        if self.reml and p:
-            Minv = la.cho_solve((RX, True), np.eye(p))
+        Q = -scale * g[:, None, :] * g[None, :, :]
+        if Minv is not None:
             ZtX = ZtW[:, :p, :]
             for b in range(q):
                 Y_b = Minv @ ZtX[b]
                 for a in range(q):
                     Q[a, b] -= np.einsum("km,km->m", ZtX[a], Y_b)
         PLt = np.einsum("ijm,kj->ikm", P, lam)  # P_j Lambda'
-        S = s.first_ZtZ
+        S = self.stats.first_ZtZ[:, :, sl]
         QLPLtS = _stack_matmul(_stack_matmul(Q, np.einsum("ij,jkm->ikm", lam, PLt)), S)
-        F = 2.0 * _stack_matmul(PLt, S + Q - QLPLtS).sum(axis=2)
-        jac = self.factors[0][2](theta)
-        grad = np.einsum("kij,ji->k", jac, F)
-        return dev, grad
+        return 2.0 * _stack_matmul(PLt, S + Q - QLPLtS).sum(axis=2)
 
     def solve(self, theta: np.ndarray, dense: bool = True) -> Solution:
         """Evaluate the profiled deviance at ``theta`` and keep the intermediate results.
