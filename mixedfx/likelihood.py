@@ -126,7 +126,10 @@ class ProfiledDeviance:
     def _prepare_single(self) -> None:
         """Stacked ``Z_j'[X y]`` (q, p+1, m) and ``[X y]'[X y]`` for the single-factor path."""
         s = self.stats
-        self._ZtW = np.ascontiguousarray(np.concatenate([s.first_ZtX, s.first_Zty[:, None, :]], axis=1))
+        if s.first_ZtW is not None:
+            self._ZtW = s.first_ZtW
+        else:
+            self._ZtW = np.ascontiguousarray(np.concatenate([s.first_ZtX, s.first_Zty[:, None, :]], axis=1))
         WtW = np.empty((s.p + 1, s.p + 1))
         WtW[: s.p, : s.p] = s.XtX
         WtW[: s.p, s.p] = WtW[s.p, : s.p] = s.Xty
@@ -199,6 +202,36 @@ class ProfiledDeviance:
         temporaries stay bounded however many clusters there are (with several chunks the
         factorisations are recomputed for the gradient pass rather than kept).
         """
+        pr = self._profile_single(theta, keep=gradient)
+        if not gradient:
+            return pr["deviance"], None
+        s = self.stats
+        p, lam, chunks, kept = s.p, pr["lam"], pr["chunks"], pr["kept"]
+        v = np.append(-pr["beta"], 1.0)
+        dof = s.n - p if self.reml else s.n
+        Minv = la.cho_solve((pr["RX"], True), np.eye(p)) if (self.reml and p) else None
+        F = np.zeros((s.first_q, s.first_q))
+        for sl in chunks:
+            P = kept if kept is not None else self._cluster_factors(lam, sl)[0]
+            F += self._gradient_terms(P, lam, sl, v, dof / pr["r2"], Minv)
+        jac = self.factors[0][2](theta)
+        return pr["deviance"], np.einsum("kij,ji->k", jac, F)
+
+    def light_solution(self, theta: np.ndarray) -> Solution:
+        """The deviance, beta, sigma^2 and R_X at ``theta`` without the per-cluster factors.
+
+        For one grouping factor this is one chunked pass (bounded memory); the full
+        :meth:`solve` (needed only for BLUPs and conditional variances) is left to the caller.
+        """
+        if not self.single_factor:
+            return self.solve(theta)
+        pr = self._profile_single(theta, keep=False)
+        sol = Solution(pr["deviance"], pr["beta"], pr["sigma2"], pr["r2"], None, None, None, pr["RX"])
+        sol.logdet_L, sol.logdet_X = pr["logdet"], pr["logdet_x"]
+        return sol
+
+    def _profile_single(self, theta: np.ndarray, keep: bool) -> dict:
+        """First pass of the single-factor evaluation: log-determinants, Woodbury products, beta, r^2."""
         s = self.stats
         theta = np.asarray(theta, dtype=float)
         lam = self.factors[0][1](theta)
@@ -211,7 +244,7 @@ class ProfiledDeviance:
             P, B, chunk_logdet = self._cluster_factors(lam, sl)
             logdet += chunk_logdet
             M_full -= self._woodbury_correction(B, sl)
-            kept = P if len(chunks) == 1 else None
+            kept = P if (keep and len(chunks) == 1) else None
         M = M_full[:p, :p]
         rhs = M_full[:p, p]
         if p:
@@ -225,16 +258,18 @@ class ProfiledDeviance:
         dof = s.n - p if self.reml else s.n
         dev = logdet + (logdet_x if self.reml else 0.0) + dof * (1.0 + LOG_2PI + np.log(r2 / dof))
         dev = float(dev - s.sum_log_weights + self.offset)
-        if not gradient:
-            return dev, None
-        v = np.append(-beta, 1.0)
-        Minv = la.cho_solve((RX, True), np.eye(p)) if (self.reml and p) else None
-        F = np.zeros((s.first_q, s.first_q))
-        for sl in chunks:
-            P = kept if kept is not None else self._cluster_factors(lam, sl)[0]
-            F += self._gradient_terms(P, lam, sl, v, dof / r2, Minv)
-        jac = self.factors[0][2](theta)
-        return dev, np.einsum("kij,ji->k", jac, F)
+        return {
+            "deviance": dev,
+            "beta": beta,
+            "r2": r2,
+            "RX": RX if RX is not None else np.zeros((0, 0)),
+            "sigma2": r2 / dof,
+            "logdet": logdet,
+            "logdet_x": logdet_x,
+            "lam": lam,
+            "chunks": chunks,
+            "kept": kept,
+        }
 
     def _cluster_factors(self, lam: np.ndarray, sl: slice) -> tuple[np.ndarray, np.ndarray, float]:
         """For the clusters in ``sl``: ``P_j = A_j^{-1}``, ``B_j = Lambda P_j Lambda'`` and ``sum log|A_j|``."""

@@ -55,13 +55,14 @@ class ClusterSums:
 
     keys: pd.DataFrame  # one column per grouping factor (labels), one row per innermost cluster
     counts: np.ndarray
-    ZZ: np.ndarray  # (C, Q, Q) over all factors' random-effect columns
-    ZX: np.ndarray  # (C, Q, p)
-    Zy: np.ndarray  # (C, Q)
+    ZZ: np.ndarray  # (Q, Q, C) over all factors' random-effect columns: element-major, as the engine's stacks
+    ZX: np.ndarray  # (Q, p, C)
+    Zy: np.ndarray  # (Q, C)
     XX: np.ndarray
     Xy: np.ndarray
     yy: float
     sum_log_weights: float = 0.0
+    ZW: np.ndarray | None = None  # (Q, p+1, C) holding ZX and Zy as views, when built so
 
 
 @dataclass
@@ -202,25 +203,34 @@ def assemble(sums: ClusterSums, plan: ColumnPlan, p: int) -> tuple[SufficientSta
     """Engine statistics (raw random-effect columns) from per-innermost-cluster sums.
 
     Requires nesting: every outer factor must be constant within each innermost cluster.
+    Clusters that arrive sorted by label (as the SQL reduction delivers them) are used in
+    place, without copying the stacks.
     """
     keys = sums.keys
     order = _block_order(plan, keys)
     inner = order[0]
-    if keys[inner].duplicated().any():
+    if not keys[inner].is_unique:
         raise DataError(f"Internal error: clusters of {inner!r} are not unique after reduction.")
-    sort = np.argsort(keys[inner].to_numpy(), kind="stable")
-    keys = keys.iloc[sort].reset_index(drop=True)
-    counts_c = sums.counts[sort]
-    ZZ, ZX, Zy = sums.ZZ[sort], sums.ZX[sort], sums.Zy[sort]
+    counts_c, ZZ, ZX, Zy = sums.counts, sums.ZZ, sums.ZX, sums.Zy
+    if not keys[inner].is_monotonic_increasing:
+        sort = np.argsort(keys[inner].to_numpy().astype(str), kind="stable")
+        keys = keys.iloc[sort].reset_index(drop=True)
+        counts_c, ZZ, ZX, Zy = counts_c[sort], ZZ[:, :, sort], ZX[:, :, sort], Zy[:, sort]
     layout = _z_layout(plan)
     level_lists, codes, counts = {}, {}, {}
     for name in order:
+        if name == inner:  # sorted and unique: the clusters are the levels
+            level_lists[name] = [str(v) for v in keys[name].tolist()]
+            codes[name] = np.arange(len(keys))
+            counts[name] = counts_c.astype(int)
+            continue
         labels, inverse = np.unique(keys[name].to_numpy().astype(str), return_inverse=True)
         level_lists[name] = [str(v) for v in labels]
         codes[name] = inverse
         counts[name] = np.bincount(inverse, weights=counts_c, minlength=len(labels)).astype(int)
     i1 = layout[inner]
     q1, m1 = len(i1), len(level_lists[inner])
+    whole = i1 == list(range(ZZ.shape[0]))
     stats = SufficientStats(
         n=int(counts_c.sum()),
         p=p,
@@ -229,10 +239,11 @@ def assemble(sums: ClusterSums, plan: ColumnPlan, p: int) -> tuple[SufficientSta
         yty=float(sums.yy),
         sum_log_weights=sums.sum_log_weights,
         first_q=q1,
-        first_ZtZ=np.ascontiguousarray(ZZ[:, i1][:, :, i1].transpose(1, 2, 0)),
-        first_ZtX=np.ascontiguousarray(ZX[:, i1].transpose(1, 2, 0)),
-        first_Zty=np.ascontiguousarray(Zy[:, i1].T),
+        first_ZtZ=ZZ if whole else np.ascontiguousarray(ZZ[np.ix_(i1, i1)]),
+        first_ZtX=ZX if whole else np.ascontiguousarray(ZX[i1]),
+        first_Zty=Zy if whole else np.ascontiguousarray(Zy[i1]),
         rest_sizes=[(len(layout[n]), len(level_lists[n])) for n in order[1:]],
+        first_ZtW=sums.ZW if (whole and sums.ZW is not None and ZX.base is sums.ZW) else None,
     )
     if len(order) > 1:
         _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
@@ -247,11 +258,11 @@ def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
         offsets[name] = total
         dims[name] = len(layout[name]) * len(level_lists[name])
         total += dims[name]
-    C = ZZ.shape[0]
+    C = ZZ.shape[2]
     i1 = layout[order[0]]
     rows, cols, vals = [], [], []
     dense = np.zeros((total, total))
-    zx = np.zeros((total, ZX.shape[2]))
+    zx = np.zeros((total, ZX.shape[1]))
     zy = np.zeros(total)
     cluster = np.arange(C)
     for k in order[1:]:
@@ -261,15 +272,15 @@ def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
             for b in range(q1):
                 rows.append(base_k + a)
                 cols.append(cluster * q1 + b)
-                vals.append(ZZ[:, ik[a], i1[b]])
-            np.add.at(zx, base_k + a, ZX[:, ik[a]])
-            np.add.at(zy, base_k + a, Zy[:, ik[a]])
+                vals.append(ZZ[ik[a], i1[b]])
+            np.add.at(zx, base_k + a, ZX[ik[a]].T)
+            np.add.at(zy, base_k + a, Zy[ik[a]])
         for j in order[1:]:
             ij, qj = layout[j], len(layout[j])
             base_j = offsets[j] + codes[j] * qj
             for a in range(qk):
                 for b in range(qj):
-                    np.add.at(dense, (base_k + a, base_j + b), ZZ[:, ik[a], ij[b]])
+                    np.add.at(dense, (base_k + a, base_j + b), ZZ[ik[a], ij[b]])
     stats.rest_Z1 = sp.coo_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(total, m1 * q1)
     ).tocsr()
@@ -281,6 +292,22 @@ def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
 def transform_random_columns(stats: SufficientStats, transforms: list[np.ndarray]) -> SufficientStats:
     """Statistics of ``Z T_k`` from those of ``Z`` (per-level congruences; sparse Kronecker for the rest)."""
     T1 = transforms[0]
+    if stats.first_ZtW is not None:  # one product over the combined stack, its parts as views
+        ZtW = np.einsum("ai,akm->ikm", T1, stats.first_ZtW)
+        return SufficientStats(
+            n=stats.n,
+            p=stats.p,
+            XtX=stats.XtX,
+            Xty=stats.Xty,
+            yty=stats.yty,
+            sum_log_weights=stats.sum_log_weights,
+            first_q=stats.first_q,
+            first_ZtZ=np.ascontiguousarray(np.einsum("ai,abm,bj->ijm", T1, stats.first_ZtZ, T1)),
+            first_ZtX=ZtW[:, : stats.p],
+            first_Zty=ZtW[:, stats.p],
+            rest_sizes=stats.rest_sizes,
+            first_ZtW=ZtW,
+        )
     out = SufficientStats(
         n=stats.n,
         p=stats.p,
@@ -412,9 +439,9 @@ def _combine(parts: list, plan: ColumnPlan, p: int) -> ClusterSums:
     values = summed.to_numpy()
     Q = sum(len(names) for *_, names, _ in plan.terms)
     C = len(values)
-    ZZ = values[:, : Q * Q].reshape(C, Q, Q)
-    ZX = values[:, Q * Q : Q * Q + Q * p].reshape(C, Q, p)
-    Zy = values[:, Q * Q + Q * p : Q * Q + Q * p + Q]
+    ZZ = np.ascontiguousarray(values[:, : Q * Q].T).reshape(Q, Q, C)
+    ZX = np.ascontiguousarray(values[:, Q * Q : Q * Q + Q * p].T).reshape(Q, p, C)
+    Zy = np.ascontiguousarray(values[:, Q * Q + Q * p : Q * Q + Q * p + Q].T)
     counts = values[:, -1]
     XX = sum(g[0] for _, g in parts)
     Xy = sum(g[1] for _, g in parts)
@@ -447,6 +474,7 @@ def _finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted
         idx = np.flatnonzero(keep)
         stats.XtX, stats.Xty = stats.XtX[np.ix_(idx, idx)], stats.Xty[idx]
         stats.first_ZtX = np.ascontiguousarray(stats.first_ZtX[:, idx])
+        stats.first_ZtW = None  # the combined stack no longer matches
         if stats.rest_ZtX is not None:
             stats.rest_ZtX = stats.rest_ZtX[:, idx]
         stats.p = len(idx)
@@ -770,7 +798,8 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     parts += [f"sum({w_sql} * {z_sql[a]} * {xs[j]})" for a in range(Q) for j in range(p)]
     parts += [f"sum({w_sql} * {z_sql[a]} * {ys})" for a in range(Q)]
     parts += ["count(*)"]
-    query = f"SELECT {', '.join(parts)} FROM {src} WHERE {complete} GROUP BY {key_exprs[inner]}"
+    # Ordered by cluster label (binary collation = numpy's string order): the stacks are used in place.
+    query = f"SELECT {', '.join(parts)} FROM {src} WHERE {complete} GROUP BY {key_exprs[inner]} ORDER BY k0"
     result = con.execute(query).fetchnumpy()
     names = list(result)
     n_outer = len(order) - 1
@@ -780,21 +809,31 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
                 f"The grouping factors {inner!r} and {order[i]!r} are crossed: this reduction needs one grouping "
                 "factor or nested ones. Fit crossed models in memory (engine='memory')."
             )
-    keys = pd.DataFrame({inner: np.asarray(result["k0"]).astype(str)})
+    keys = pd.DataFrame({inner: result.pop("k0")})
     for i, n in enumerate(order[1:], start=1):
-        keys[n] = np.asarray(result[f"k{i}"]).astype(str)
-    values = np.column_stack([np.asarray(result[c], dtype=float) for c in names[1 + 2 * n_outer :]])
-    C = len(values)
+        keys[n] = np.asarray(result.pop(f"k{i}")).astype(str)
+    value_names = names[1 + 2 * n_outer :]
+    C = len(keys)
+    # Copy each fetched column into the engine's element-major stacks and free it at once,
+    # so that at most one extra column exists at any time.
+    ZW = np.empty((Q, p + 1, C))  # Z'X and Z'y in one stack (the engine's Z'[X y])
+    stacks = {"ZZ": np.empty((Q, Q, C)), "ZX": ZW[:, :p], "Zy": ZW[:, p]}
+    targets = [("ZZ", (a, b)) for a in range(Q) for b in range(Q)]
+    targets += [("ZX", (a, j)) for a in range(Q) for j in range(p)] + [("Zy", (a,)) for a in range(Q)]
+    for column, (stack, index) in zip(value_names[:-1], targets):
+        stacks[stack][index] = np.asarray(result.pop(column), dtype=float)
+    counts = np.asarray(result.pop(value_names[-1]), dtype=float)
     sums = ClusterSums(
         keys=keys,
-        counts=values[:, -1],
-        ZZ=values[:, : Q * Q].reshape(C, Q, Q),
-        ZX=values[:, Q * Q : Q * Q + Q * p].reshape(C, Q, p),
-        Zy=values[:, Q * Q + Q * p : Q * Q + Q * p + Q],
+        counts=counts,
+        ZZ=stacks["ZZ"],
+        ZX=stacks["ZX"],
+        Zy=stacks["Zy"],
         XX=XX,
         Xy=Xy,
         yy=float(yy),
         sum_log_weights=float(slw) if weights else 0.0,
+        ZW=ZW,
     )
     return _finish(
         parsed, plan, sums, scaling, mean[p + 1 :], sd[p + 1 :], int(nobs), int(total - nobs), weights is not None

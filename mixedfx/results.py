@@ -45,17 +45,22 @@ class MixedResults:
         self.formula = design.formula.text
         self.theta_engine = np.asarray(report.theta, dtype=float)
         self.converged = bool(report.converged)
-        self.solution: Solution = deviance.solve(self.theta_engine)
+        self._light: Solution = deviance.light_solution(self.theta_engine)
         self.nobs = design.nobs
         self.n_missing = design.n_missing
         self.ngroups = {b.name: b.n_levels for b in design.blocks}
-        self.loglik = -0.5 * self.deviance_to_original_scale(self.solution.deviance)
-        self.sigma = float(np.sqrt(self.solution.sigma2) * scaling.y_scale)
+        self.loglik = -0.5 * self.deviance_to_original_scale(self._light.deviance)
+        self.sigma = float(np.sqrt(self._light.sigma2) * scaling.y_scale)
         names = design.fixed_names
-        self.fixef = pd.Series(scaling.beta(self.solution.beta), index=names, name="estimate")
-        cov_tilde = self.solution.sigma2 * _inverse_from_lower(self.solution.RX)
+        self.fixef = pd.Series(scaling.beta(self._light.beta), index=names, name="estimate")
+        cov_tilde = self._light.sigma2 * _inverse_from_lower(self._light.RX)
         self.vcov = pd.DataFrame(scaling.beta_cov(cov_tilde), index=names, columns=names)
         self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
+
+    @cached_property
+    def solution(self) -> Solution:
+        """The full solution at the optimum (per-cluster factors, for BLUPs and conditional variances)."""
+        return self.deviance_function.solve(self.theta_engine)
 
     # ------------------------------------------------------------------ likelihood scale
     def deviance_to_original_scale(self, deviance_tilde: float) -> float:

@@ -109,6 +109,7 @@ class SufficientStats:
     rest_ZtZ: np.ndarray | None = None
     rest_ZtX: np.ndarray | None = None
     rest_Zty: np.ndarray | None = None
+    first_ZtW: np.ndarray | None = None  # (q, p+1, m) with first_ZtX and first_Zty as views, when built so
 
     @property
     def n_first_levels(self) -> int:
