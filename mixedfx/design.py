@@ -183,11 +183,11 @@ def _required_variables(expr: str, where: str) -> set[str]:
         raise FormulaError(f"Cannot parse {where} {expr!r}: {exc}") from exc
 
 
-def _check_columns(variables: set[str], data: pd.DataFrame, where: str) -> None:
-    """Raise DataError for a variable that is not a column of ``data`` (with suggestions)."""
+def _check_columns(variables: set[str], columns, where: str) -> None:
+    """Raise DataError for a variable that is not one of ``columns`` (a DataFrame or names), with suggestions."""
     import builtins
 
-    columns = [str(c) for c in data.columns]
+    columns = [str(c) for c in (columns.columns if isinstance(columns, pd.DataFrame) else columns)]
     for var in sorted(variables):
         if var in columns or hasattr(np, var) or hasattr(builtins, var) or var in ("np", "C", "I"):
             continue

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from formulaic import Formula, model_matrix
 
 from .covariance import CovStructure, canonical_structure
-from .design import Design, ReBlock, ReTerm, aliased_columns, lme4_name
+from .design import Design, ReBlock, ReTerm, _check_columns, aliased_columns, lme4_name
 from .errors import DataError, FormulaError, OptionError, RankDeficiencyWarning, suggest
 from .formula import ParsedFormula, parse_formula
 from .stats import Scaling, SufficientStats
@@ -116,11 +116,7 @@ def plan_columns(parsed: ParsedFormula, prototype: pd.DataFrame, levels: dict[st
     for term in parsed.random:
         zm = model_matrix(term.expr, frame, na_action="raise")
         terms.append((term.expr, term.factor, term.covariance, [lme4_name(str(c)) for c in zm.columns], zm.model_spec))
-    variables = sorted(
-        {str(v) for v in Formula(parsed.fixed_formula).required_variables}
-        | {str(v) for t in parsed.random for v in Formula(t.expr).required_variables}
-        | {f for t in parsed.random for f in t.factor}
-    )
+    variables = _vars(parsed)
     return ColumnPlan(
         response=parsed.response,
         fixed_names=[lme4_name(str(c)) for c in mm.rhs.columns],
@@ -294,20 +290,11 @@ def transform_random_columns(stats: SufficientStats, transforms: list[np.ndarray
     T1 = transforms[0]
     if stats.first_ZtW is not None:  # one product over the combined stack, its parts as views
         ZtW = np.einsum("ai,akm->ikm", T1, stats.first_ZtW)
-        return SufficientStats(
-            n=stats.n,
-            p=stats.p,
-            XtX=stats.XtX,
-            Xty=stats.Xty,
-            yty=stats.yty,
-            sum_log_weights=stats.sum_log_weights,
-            first_q=stats.first_q,
-            first_ZtZ=np.ascontiguousarray(np.einsum("ai,abm,bj->ijm", T1, stats.first_ZtZ, T1)),
-            first_ZtX=ZtW[:, : stats.p],
-            first_Zty=ZtW[:, stats.p],
-            rest_sizes=stats.rest_sizes,
-            first_ZtW=ZtW,
-        )
+        ZtX, Zty = ZtW[:, : stats.p], ZtW[:, stats.p]
+    else:
+        ZtW = None
+        ZtX = np.ascontiguousarray(np.einsum("ai,akm->ikm", T1, stats.first_ZtX))
+        Zty = np.ascontiguousarray(T1.T @ stats.first_Zty)
     out = SufficientStats(
         n=stats.n,
         p=stats.p,
@@ -317,9 +304,10 @@ def transform_random_columns(stats: SufficientStats, transforms: list[np.ndarray
         sum_log_weights=stats.sum_log_weights,
         first_q=stats.first_q,
         first_ZtZ=np.ascontiguousarray(np.einsum("ai,abm,bj->ijm", T1, stats.first_ZtZ, T1)),
-        first_ZtX=np.ascontiguousarray(np.einsum("ai,akm->ikm", T1, stats.first_ZtX)),
-        first_Zty=np.ascontiguousarray(T1.T @ stats.first_Zty),
+        first_ZtX=ZtX,
+        first_Zty=Zty,
         rest_sizes=stats.rest_sizes,
+        first_ZtW=ZtW,
     )
     if stats.rest_Z1 is not None:
         K1 = sp.kron(sp.identity(stats.n_first_levels), sp.csr_matrix(T1), format="csr")
@@ -562,12 +550,8 @@ def _vars(parsed: ParsedFormula) -> list[str]:
 
 
 def _check_variables(parsed: ParsedFormula, columns: list[str]) -> None:
-    import builtins
-
-    for var in _vars(parsed):
-        if var in columns or hasattr(np, var) or hasattr(builtins, var) or var in ("np", "C", "I"):
-            continue
-        raise DataError(f"Unknown variable {var!r}: no such column in the data.{suggest(var, columns)}")
+    """Refuse variables that are not columns (with suggestions), as the in-memory design does."""
+    _check_columns(set(_vars(parsed)), columns, "the formula")
 
 
 # ---------------------------------------------------------------------------- fitting

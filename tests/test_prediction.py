@@ -46,6 +46,10 @@ def test_comparative_standard_errors_match_dense_formula(sleepstudy):
         mine = table.loc[table["term"] == term, "se_comparative"].to_numpy()
         np.testing.assert_allclose(mine, expected[:, k], rtol=1e-8)
     assert (table["se_comparative"] >= table["se"]).all()  # beta uncertainty only adds
+    stacks = fit.ranef_conditional_covariance()["Subject"]
+    assert stacks.shape == (18, 2, 2)
+    np.testing.assert_allclose(np.sqrt(stacks[:, 1, 1]), table.loc[table["term"] == "Days", "se"], rtol=1e-12)
+    np.testing.assert_allclose(stacks, stacks.transpose(0, 2, 1))
 
 
 def test_comparative_standard_errors_with_crossed_factors():

@@ -136,3 +136,13 @@ def test_cli_engine_duckdb(exam_files, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["nobs"] == 4059 and out["ngroups"] == {"school": 65}
     assert reduce_duckdb  # the SQL reducer is importable on its own
+
+
+def test_unknown_variables_named_by_every_engine(exam_files):
+    from mixedfx.errors import DataError
+
+    exam, folder = exam_files
+    with pytest.raises(DataError, match="Unknown variable 'lrt_grupc'.*Did you mean 'lrt_groupc'"):
+        mixedfx.fit("gcse ~ lrt_grupc + (1 | school)", str(folder / "*.parquet"), engine="duckdb")
+    with pytest.raises(DataError, match="Unknown variable 'schol'"):
+        reduce_frame("gcse ~ lrt_groupc + (1 | schol)", exam)
