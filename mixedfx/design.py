@@ -31,6 +31,23 @@ from .formula import ParsedFormula, RandomTerm
 RANK_TOLERANCE = 1e-7
 
 
+def column_moments(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and (population) SDs of an n x q matrix, from ``Z'1`` and ``Z'Z`` (two BLAS passes).
+
+    The variance ``E[z^2] - mean^2`` is recomputed from centred values for a column whose
+    mean dwarfs its spread (where that difference would cancel).  A column of ones gets
+    exactly mean 1 and SD 0.
+    """
+    n = Z.shape[0]
+    mean = (Z.T @ np.ones(n)) / n
+    second = np.einsum("ij,ij->j", Z, Z) / n
+    var = second - mean**2
+    for k in np.flatnonzero(var <= 1e-6 * second):
+        centred = Z[:, k] - mean[k]
+        var[k] = float(centred @ centred) / n
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
 @dataclass
 class ReTerm:
     """Columns of one random term inside its block, with their covariance structure."""
@@ -117,7 +134,7 @@ class ReBlock:
         """
         T = np.eye(self.q)
         if self.Z is not None:
-            mean, sd = self.Z.mean(axis=0), self.Z.std(axis=0)
+            mean, sd = column_moments(self.Z)
         else:
             mean, sd = self.moments
         for term in self.terms:
@@ -216,12 +233,25 @@ def _level_label(value: object) -> str:
     return str(value)
 
 
+def _level_labels(uniques: object) -> list[str]:
+    """Labels of many grouping levels at once, as :func:`_level_label` gives them (vectorised for numbers)."""
+    values = np.asarray(uniques)
+    if values.dtype.kind in "iub":
+        return values.astype(str).tolist()
+    if values.dtype.kind == "f":
+        integral = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2.0**53)
+        labels = values.astype(str).astype(object)
+        labels[integral] = values[integral].astype(np.int64).astype(str)
+        return labels.tolist()
+    return [_level_label(u) for u in uniques]
+
+
 def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
     """Level label of every row for a (possibly interaction) factor, ``"a:b"`` joined (vectorised)."""
     joined = None
     for name in factor:
         codes, uniques = pd.factorize(data[name], sort=True)
-        names = np.array([_level_label(u) for u in uniques] + ["nan"], dtype=str)
+        names = np.array(_level_labels(uniques) + ["nan"], dtype=str)
         labels = names[codes]  # code -1 (missing) picks "nan"
         joined = labels if joined is None else np.char.add(np.char.add(joined, ":"), labels)
     return joined
@@ -231,7 +261,7 @@ def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarra
     """Integer codes and labels of a (possibly interaction) grouping factor."""
     if len(factor) == 1:
         codes, uniques = pd.factorize(data[factor[0]], sort=True)
-        return codes.astype(np.int64), [_level_label(u) for u in uniques]
+        return codes.astype(np.int64), _level_labels(uniques)
     codes, uniques = pd.factorize(factor_labels(data, factor), sort=True)
     return codes.astype(np.int64), [str(u) for u in uniques]
 
@@ -282,9 +312,10 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
     """Drop columns of X that are (numerically) linear combinations of earlier columns (with a warning)."""
     if X.shape[1] == 0:
         return X, names, []
-    norms = np.linalg.norm(X, axis=0)
-    Xn = X / np.where(norms > 0, norms, 1.0)
-    aliased = aliased_columns(Xn.T @ Xn) | (norms == 0)
+    gram = X.T @ X
+    norms = np.sqrt(np.diag(gram))
+    scale = np.where(norms > 0, norms, 1.0)
+    aliased = aliased_columns(gram / np.outer(scale, scale)) | (norms == 0)
     keep = ~aliased
     dropped = [n for n, k in zip(names, keep) if not k]
     if dropped:

@@ -30,20 +30,54 @@ class OptimumReport:
 
 
 class _Counter:
-    """Wraps the objective to count evaluations and remember the best point seen."""
+    """Wraps the objective to count evaluations, remember the best point and reuse repeated points.
 
-    def __init__(self, func: Callable[[np.ndarray], float]):
+    L-BFGS-B, the edge probes and the final convergence check revisit points already
+    evaluated (the start, the optimum); a memo of value (and gradient) by the exact bytes
+    of ``x`` saves those evaluations.
+    """
+
+    def __init__(
+        self,
+        func: Callable[[np.ndarray], float],
+        func_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
+    ):
         self.func = func
+        self.func_and_gradient = func_and_gradient
         self.count = 0
         self.best_x: np.ndarray | None = None
         self.best_f = np.inf
+        self._values: dict[bytes, float] = {}
+        self._gradients: dict[bytes, np.ndarray] = {}
 
-    def __call__(self, x: np.ndarray) -> float:
-        self.count += 1
-        f = float(self.func(x))
+    def _record(self, x: np.ndarray, f: float) -> None:
+        self._values[np.asarray(x, dtype=float).tobytes()] = f
         if f < self.best_f:
             self.best_f, self.best_x = f, np.array(x, dtype=float)
+
+    def __call__(self, x: np.ndarray) -> float:
+        key = np.asarray(x, dtype=float).tobytes()
+        if key in self._values:
+            return self._values[key]
+        self.count += 1
+        f = float(self.func(x))
+        self._record(x, f)
         return f
+
+    def with_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Value and analytic gradient at ``x`` (``inf`` and zeros where the deviance fails)."""
+        key = np.asarray(x, dtype=float).tobytes()
+        if key in self._gradients:
+            return self._values[key], self._gradients[key]
+        self.count += 1
+        try:
+            f, g = self.func_and_gradient(x)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            f, g = np.inf, np.zeros_like(x)
+        f = float(f)
+        self._record(x, f)
+        self._gradients[key] = np.array(g, dtype=float)
+        return f, g
 
 
 def numerical_gradient(
@@ -129,7 +163,7 @@ def minimize_deviance(
     ``value_and_gradient``, when given, returns the deviance and its analytic gradient;
     otherwise gradients are central differences of ``deviance``.
     """
-    counted = _Counter(deviance)
+    counted = _Counter(deviance, value_and_gradient)
     lower = np.asarray(lower, dtype=float)
     upper = np.asarray(upper, dtype=float)
     start = np.clip(np.asarray(start, dtype=float), lower, upper)
@@ -139,18 +173,8 @@ def minimize_deviance(
     bounds = list(zip(np.where(np.isfinite(lower), lower, None), np.where(np.isfinite(upper), upper, None)))
 
     if value_and_gradient is not None:
-
-        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-            counted.count += 1
-            try:
-                f, g = value_and_gradient(x)
-            except (np.linalg.LinAlgError, ValueError, FloatingPointError):
-                return np.inf, np.zeros_like(x)
-            if f < counted.best_f:
-                counted.best_f, counted.best_x = f, np.array(x, dtype=float)
-            return f, g
-
-        fun, jac = objective, True
+        fun = counted.with_gradient
+        f_start = counted.with_gradient(start)[0]
     else:
 
         def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -159,17 +183,16 @@ def minimize_deviance(
                 return f, np.zeros_like(x)
             return f, numerical_gradient(counted, x, lower, upper, f0=f, forward=True)
 
-        jac = True
+        f_start = counted(start)
     # Stop at the rounding noise of the deviance: its size grows with n, so the absolute
     # gradient tolerance does too: the analytic gradient carries rounding noise of ~1e-6 |f|.
-    f_start = counted(start)
     gtol = 1e-7 * max(1.0, abs(f_start)) if np.isfinite(f_start) else 1e-7
 
     def run(x0: np.ndarray):
         return minimize(
             fun,
             x0,
-            jac=jac,
+            jac=True,
             method="L-BFGS-B",
             bounds=bounds,
             options={"maxiter": max_iterations, "ftol": 1e-14, "gtol": gtol, "maxls": 20},
@@ -184,7 +207,7 @@ def minimize_deviance(
     theta = counted.best_x if counted.best_f < result.fun else np.asarray(result.x, dtype=float)
     f = min(counted.best_f, float(result.fun))
     if value_and_gradient is not None:
-        grad = value_and_gradient(theta)[1]
+        grad = counted.with_gradient(theta)[1]
     else:
         grad = numerical_gradient(counted, theta, lower, upper, f0=f)
     pg = projected_gradient(grad, theta, lower, upper)

@@ -57,33 +57,50 @@ class Scaling:
         return cls(np.eye(p), 0.0, 1.0, None, 1.0)
 
 
+def _constant_column(X: np.ndarray) -> tuple[int | None, float]:
+    """Index and value of the first non-zero constant column of ``X`` (the intercept), or (None, 1.0)."""
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        if col[0] != 0 and col.min() == col[0] and col.max() == col[0]:
+            return j, float(col[0])
+    return None, 1.0
+
+
+def _centre_and_scale(values: np.ndarray, out: np.ndarray, centre: bool) -> tuple[float, float]:
+    """Write ``(values - shift) / scale`` into ``out``; shift is the mean (if ``centre``), scale the RMS after it."""
+    shift = float(values.mean()) if centre else 0.0
+    np.subtract(values, shift, out=out)
+    scale = (
+        float(np.sqrt(np.dot(out, out) / max(out.size, 1)))
+        if out.flags.contiguous
+        else float(np.sqrt(np.mean(np.square(out))))
+    )
+    scale = scale if scale > 0 and np.isfinite(scale) else 1.0
+    out *= 1.0 / scale
+    return shift, scale
+
+
 def standardise(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, Scaling]:
-    """Centre and scale the columns of ``X`` and ``y`` (see :class:`Scaling`)."""
+    """Centre and scale the columns of ``X`` and ``y`` (see :class:`Scaling`).
+
+    With an intercept column every other column is centred on its mean; every column but
+    the intercept is divided by its root mean square (after centring).
+    """
     n, p = X.shape
     T = np.eye(p)
-    intercept = None
-    value = 1.0
-    for j in range(p):
-        col = X[:, j]
-        if np.all(col == col[0]) and col[0] != 0:
-            intercept, value = j, float(col[0])
-            break
-    Xs = X.copy()
+    intercept, value = _constant_column(X)
+    Xs = np.empty((n, p), order="F")  # column-major: each column is written and read contiguously
     for j in range(p):
         if j == intercept:
+            Xs[:, j] = X[:, j]
             continue
-        shift = float(X[:, j].mean()) if intercept is not None else 0.0
-        centred = X[:, j] - shift
-        scale = float(np.sqrt(np.mean(centred**2)))
-        scale = scale if scale > 0 else 1.0
-        Xs[:, j] = centred / scale
+        shift, scale = _centre_and_scale(X[:, j], Xs[:, j], intercept is not None)
         T[j, j] = 1.0 / scale
         if intercept is not None:
             T[intercept, j] = -shift / (scale * value)
-    y_shift = float(y.mean()) if intercept is not None else 0.0
-    y_scale = float(np.sqrt(np.mean((y - y_shift) ** 2)))
-    y_scale = y_scale if y_scale > 0 else 1.0
-    return Xs, (y - y_shift) / y_scale, Scaling(T, y_shift, y_scale, intercept, value)
+    ys = np.empty(n)
+    y_shift, y_scale = _centre_and_scale(y, ys, intercept is not None)
+    return Xs, ys, Scaling(T, y_shift, y_scale, intercept, value)
 
 
 @dataclass
@@ -122,23 +139,49 @@ class SufficientStats:
         return sum(q * m for q, m in self.rest_sizes)
 
 
+def level_indicator(codes: np.ndarray, m: int) -> sp.csr_matrix:
+    """The m x n indicator matrix of the levels (row j has a 1 in the columns of level j's rows).
+
+    Rows already grouped by level (the common case) give the CSR arrays directly; otherwise
+    scipy's COO-to-CSR conversion groups them with a linear-time counting sort.
+    """
+    n = codes.size
+    if n == 0 or bool(np.all(codes[1:] >= codes[:-1])):
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(np.bincount(codes, minlength=m), out=indptr[1:])
+        return sp.csr_matrix((np.ones(n), np.arange(n), indptr), shape=(m, n))
+    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(m, n))
+
+
+def _weighted_indicator(G: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
+    """``G`` with each row's 1 replaced by ``values`` of that row (``G diag(values)``)."""
+    if np.all(values == 1.0):
+        return G
+    return sp.csr_matrix((values[G.indices], G.indices, G.indptr), shape=G.shape)
+
+
 def per_level_crossproducts(
     codes: np.ndarray, m: int, Z: np.ndarray, X: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stacks ``Z_j'Z_j`` (q,q,m), ``Z_j'X_j`` (q,p,m), ``Z_j'y_j`` (q,m) by level ``codes``."""
-    q, p = Z.shape[1], X.shape[1]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks ``Z_j'Z_j`` (q, q, m) and ``Z_j'[X_j y_j]`` (q, p+1, m) by level ``codes``.
+
+    Each random-effects column ``z_a`` becomes a sparse m x n matrix ``G diag(z_a)``; one
+    sparse-times-dense product per column then sums every cross-product in one pass over
+    the rows, with no n-sized temporaries.
+    """
+    q = Z.shape[1]
+    W = np.empty((X.shape[0], X.shape[1] + 1))
+    W[:, :-1] = X
+    W[:, -1] = y
+    Zc = np.ascontiguousarray(Z)
+    G = level_indicator(codes, m)
     ZtZ = np.empty((q, q, m))
+    ZtW = np.empty((q, W.shape[1], m))
     for a in range(q):
-        for b in range(a + 1):
-            ZtZ[a, b] = ZtZ[b, a] = np.bincount(codes, weights=Z[:, a] * Z[:, b], minlength=m)
-    ZtX = np.empty((q, p, m))
-    for a in range(q):
-        for k in range(p):
-            ZtX[a, k] = np.bincount(codes, weights=Z[:, a] * X[:, k], minlength=m)
-    Zty = np.empty((q, m))
-    for a in range(q):
-        Zty[a] = np.bincount(codes, weights=Z[:, a] * y, minlength=m)
-    return ZtZ, ZtX, Zty
+        Ga = _weighted_indicator(G, Zc[:, a])
+        ZtW[a] = (Ga @ W).T
+        ZtZ[a] = (Ga @ Zc).T
+    return ZtZ, ZtW
 
 
 def _sparse_cross(
@@ -182,7 +225,7 @@ def compute_stats(
         y = y * root
         blocks_Z = [Z * root[:, None] for Z in blocks_Z]
         sum_log_w = float(np.log(weights).sum())
-    ZtZ, ZtX, Zty = per_level_crossproducts(blocks_codes[0], blocks_levels[0], blocks_Z[0], X, y)
+    ZtZ, ZtW = per_level_crossproducts(blocks_codes[0], blocks_levels[0], blocks_Z[0], X, y)
     stats = SufficientStats(
         n=len(y),
         p=X.shape[1],
@@ -192,8 +235,9 @@ def compute_stats(
         sum_log_weights=sum_log_w,
         first_q=blocks_Z[0].shape[1],
         first_ZtZ=ZtZ,
-        first_ZtX=ZtX,
-        first_Zty=Zty,
+        first_ZtX=ZtW[:, :-1, :],
+        first_Zty=ZtW[:, -1, :],
+        first_ZtW=ZtW,
         rest_sizes=[(Z.shape[1], m) for Z, m in zip(blocks_Z[1:], blocks_levels[1:])],
     )
     if len(blocks_Z) > 1:
