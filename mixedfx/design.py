@@ -216,13 +216,21 @@ def _complete_rows(data: pd.DataFrame, columns: list[str]) -> pd.Series:
     mask = pd.Series(True, index=data.index)
     for col in columns:
         values = data[col]
-        mask &= values.notna()
-        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            numeric = values.to_numpy(dtype=float, na_value=np.nan)
+        if values.dtype == np.float64:  # the common case: no copies (NaN is the only missing value)
+            numeric = values.to_numpy()
+            finite = np.isfinite(numeric)
+            if finite.all():
+                continue
+            mask &= ~np.isnan(numeric)
             bad = np.isinf(numeric)
-            if bad.any():
-                row = data.index[np.argmax(bad)]
-                raise DataError(f"Column {col!r} has infinite values (first at row {row!r}); remove or recode them.")
+        else:
+            mask &= values.notna()
+            if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+                continue
+            bad = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            row = data.index[np.argmax(bad)]
+            raise DataError(f"Column {col!r} has infinite values (first at row {row!r}); remove or recode them.")
     return mask
 
 
@@ -474,7 +482,8 @@ def build_design(
         raise DataError(
             "No complete rows: every row has a missing value in one of " + ", ".join(repr(c) for c in used) + "."
         )
-    frame = data.loc[mask, used]
+    complete = n_missing == 0
+    frame = data[used] if complete else data.loc[mask, used]  # no row copy when nothing is dropped
     if frame.select_dtypes(include="category").shape[1]:
         frame = frame.copy()
         for col in frame.select_dtypes(include="category"):
@@ -495,5 +504,5 @@ def build_design(
         row_index=frame.index,
         fixed_spec=spec,
         response_name=parsed.response,
-        data=data.loc[mask],
+        data=data if complete else data.loc[mask],
     )

@@ -65,7 +65,7 @@ def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object
     transforms = [b.standardising_transform() for b in design.blocks]
     stats = compute_stats(
         [b.codes for b in design.blocks],
-        [b.Z @ T for b, T in zip(design.blocks, transforms)],
+        [np.asfortranarray(b.Z @ T) for b, T in zip(design.blocks, transforms)],
         [b.n_levels for b in design.blocks],
         Xs,
         ys,

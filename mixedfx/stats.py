@@ -70,11 +70,7 @@ def _centre_and_scale(values: np.ndarray, out: np.ndarray, centre: bool) -> tupl
     """Write ``(values - shift) / scale`` into ``out``; shift is the mean (if ``centre``), scale the RMS after it."""
     shift = float(values.mean()) if centre else 0.0
     np.subtract(values, shift, out=out)
-    scale = (
-        float(np.sqrt(np.dot(out, out) / max(out.size, 1)))
-        if out.flags.contiguous
-        else float(np.sqrt(np.mean(np.square(out))))
-    )
+    scale = float(np.sqrt(np.einsum("i,i->", out, out) / max(out.size, 1)))
     scale = scale if scale > 0 and np.isfinite(scale) else 1.0
     out *= 1.0 / scale
     return shift, scale
@@ -84,23 +80,24 @@ def standardise(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, S
     """Centre and scale the columns of ``X`` and ``y`` (see :class:`Scaling`).
 
     With an intercept column every other column is centred on its mean; every column but
-    the intercept is divided by its root mean square (after centring).
+    the intercept is divided by its root mean square (after centring).  The results are
+    views of one n x (p+1) array ``[X~ y~]`` (see :func:`stacked_xy`), so the reduction
+    needs no further copy.
     """
     n, p = X.shape
     T = np.eye(p)
     intercept, value = _constant_column(X)
-    Xs = np.empty((n, p), order="F")  # column-major: each column is written and read contiguously
+    W = np.empty((n, p + 1))
     for j in range(p):
         if j == intercept:
-            Xs[:, j] = X[:, j]
+            W[:, j] = X[:, j]
             continue
-        shift, scale = _centre_and_scale(X[:, j], Xs[:, j], intercept is not None)
+        shift, scale = _centre_and_scale(X[:, j], W[:, j], intercept is not None)
         T[j, j] = 1.0 / scale
         if intercept is not None:
             T[intercept, j] = -shift / (scale * value)
-    ys = np.empty(n)
-    y_shift, y_scale = _centre_and_scale(y, ys, intercept is not None)
-    return Xs, ys, Scaling(T, y_shift, y_scale, intercept, value)
+    y_shift, y_scale = _centre_and_scale(y, W[:, p], intercept is not None)
+    return W[:, :p], W[:, p], Scaling(T, y_shift, y_scale, intercept, value)
 
 
 @dataclass
@@ -139,25 +136,46 @@ class SufficientStats:
         return sum(q * m for q, m in self.rest_sizes)
 
 
-def level_indicator(codes: np.ndarray, m: int) -> sp.csr_matrix:
+def level_indicator(codes: np.ndarray, m: int) -> tuple[sp.csr_matrix, bool]:
     """The m x n indicator matrix of the levels (row j has a 1 in the columns of level j's rows).
 
-    Rows already grouped by level (the common case) give the CSR arrays directly; otherwise
-    scipy's COO-to-CSR conversion groups them with a linear-time counting sort.
+    Rows already grouped by level (the common case, returned flag True) give the CSR arrays
+    directly; otherwise scipy's COO-to-CSR conversion groups them with a linear-time
+    counting sort.
     """
     n = codes.size
     if n == 0 or bool(np.all(codes[1:] >= codes[:-1])):
         indptr = np.zeros(m + 1, dtype=np.int64)
         np.cumsum(np.bincount(codes, minlength=m), out=indptr[1:])
-        return sp.csr_matrix((np.ones(n), np.arange(n), indptr), shape=(m, n))
-    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(m, n))
+        return sp.csr_matrix((np.ones(n), np.arange(n), indptr), shape=(m, n)), True
+    return sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(m, n)), False
 
 
-def _weighted_indicator(G: sp.csr_matrix, values: np.ndarray) -> sp.csr_matrix:
+def _weighted_indicator(G: sp.csr_matrix, values: np.ndarray, rows_in_order: bool) -> sp.csr_matrix:
     """``G`` with each row's 1 replaced by ``values`` of that row (``G diag(values)``)."""
     if np.all(values == 1.0):
         return G
-    return sp.csr_matrix((values[G.indices], G.indices, G.indptr), shape=G.shape)
+    data = np.ascontiguousarray(values) if rows_in_order else values[G.indices]  # sorted rows: no gather
+    return sp.csr_matrix((data, G.indices, G.indptr), shape=G.shape)
+
+
+def stacked_xy(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``[X y]`` as one C-ordered n x (p+1) array: the buffer itself when X and y are views of one."""
+    base = X.base
+    n, p = X.shape
+    if (
+        isinstance(base, np.ndarray)
+        and y.base is base
+        and base.shape == (n, p + 1)
+        and base.flags.c_contiguous
+        and X.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+        and y.__array_interface__["data"][0] == base.__array_interface__["data"][0] + p * base.itemsize
+    ):
+        return base
+    W = np.empty((n, p + 1))
+    W[:, :p] = X
+    W[:, p] = y
+    return W
 
 
 def per_level_crossproducts(
@@ -170,17 +188,16 @@ def per_level_crossproducts(
     the rows, with no n-sized temporaries.
     """
     q = Z.shape[1]
-    W = np.empty((X.shape[0], X.shape[1] + 1))
-    W[:, :-1] = X
-    W[:, -1] = y
-    Zc = np.ascontiguousarray(Z)
-    G = level_indicator(codes, m)
+    W = stacked_xy(X, y)
+    G, in_order = level_indicator(codes, m)
     ZtZ = np.empty((q, q, m))
     ZtW = np.empty((q, W.shape[1], m))
     for a in range(q):
-        Ga = _weighted_indicator(G, Zc[:, a])
+        Ga = _weighted_indicator(G, Z[:, a], in_order)
         ZtW[a] = (Ga @ W).T
-        ZtZ[a] = (Ga @ Zc).T
+        for b in range(a, q):
+            ZtZ[a, b] = Ga @ np.ascontiguousarray(Z[:, b])
+            ZtZ[b, a] = ZtZ[a, b]
     return ZtZ, ZtW
 
 
@@ -226,12 +243,14 @@ def compute_stats(
         blocks_Z = [Z * root[:, None] for Z in blocks_Z]
         sum_log_w = float(np.log(weights).sum())
     ZtZ, ZtW = per_level_crossproducts(blocks_codes[0], blocks_levels[0], blocks_Z[0], X, y)
+    W = stacked_xy(X, y)
+    ZtW_total = W.T @ W
     stats = SufficientStats(
         n=len(y),
         p=X.shape[1],
-        XtX=X.T @ X,
-        Xty=X.T @ y,
-        yty=float(y @ y),
+        XtX=ZtW_total[:-1, :-1],
+        Xty=ZtW_total[:-1, -1],
+        yty=float(ZtW_total[-1, -1]),
         sum_log_weights=sum_log_w,
         first_q=blocks_Z[0].shape[1],
         first_ZtZ=ZtZ,
