@@ -62,9 +62,21 @@ def solve_upper_from_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     return X
 
 
+def kron_apply(left: np.ndarray, right: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """``left S_j right`` for every matrix of a stack S (q, q, m), as one matrix product.
+
+    With ``S`` flattened to (q*q, m) (row-major pairs), ``vec(left S right)`` is
+    ``kron(left, right') vec(S)``: a (q^2 x q^2) times (q^2 x m) product, far faster for
+    small q than an einsum over the stack.
+    """
+    q, r, m = S.shape
+    flat = np.ascontiguousarray(S).reshape(q * r, m)
+    return (np.kron(left, right.T) @ flat).reshape(left.shape[0], right.shape[1], m)
+
+
 def congruence(lam: np.ndarray, S: np.ndarray) -> np.ndarray:
     """``Lambda' S_j Lambda`` for every matrix ``S_j`` of a stack S (q, q, m)."""
-    return np.einsum("ai,abm,bj->ijm", lam, S, lam, optimize=True)
+    return kron_apply(lam.T, lam, S)
 
 
 def left_multiply_transpose(lam: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -72,9 +84,42 @@ def left_multiply_transpose(lam: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.tensordot(lam.T, B, axes=(1, 0))
 
 
+def lower_inverse(L: np.ndarray) -> np.ndarray:
+    """``L_j^{-1}`` for each lower-triangular factor of a stack ``L`` (q, q, m) (lower triangular too)."""
+    q = L.shape[0]
+    inv = np.zeros_like(L)
+    for i in range(q):
+        inv[i, i] = 1.0 / L[i, i]
+        for j in range(i):
+            acc = L[i, j] * inv[j, j]
+            for k in range(j + 1, i):
+                acc += L[i, k] * inv[k, j]
+            inv[i, j] = -acc * inv[i, i]
+    return inv
+
+
 def inverse_from_cholesky(L: np.ndarray) -> np.ndarray:
-    """``(L L')^{-1}`` for each lower factor of a stack ``L`` (q, q, m)."""
-    q, _, m = L.shape
-    eye = np.broadcast_to(np.eye(q)[:, :, None], (q, q, m))
-    Linv = solve_lower(L, np.ascontiguousarray(eye))
-    return np.einsum("kim,kjm->ijm", Linv, Linv)
+    """``(L L')^{-1} = L^{-T} L^{-1}`` for each lower factor of a stack ``L`` (q, q, m)."""
+    q = L.shape[0]
+    Linv = lower_inverse(L)
+    P = np.empty_like(L)
+    for a in range(q):
+        for b in range(a + 1):
+            acc = Linv[a, a] * Linv[a, b]  # sum over k >= a of Linv[k, a] Linv[k, b]
+            for k in range(a + 1, q):
+                acc = acc + Linv[k, a] * Linv[k, b]
+            P[a, b] = acc
+            if b != a:
+                P[b, a] = acc
+    return P
+
+
+def sum_of_products(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``sum_j A_j B_j`` over a pair of stacks (q, r, m) and (r, s, m): q*r*s dot products, no temporaries."""
+    q, r, _ = A.shape
+    s = B.shape[1]
+    out = np.empty((q, s))
+    for i in range(q):
+        for j in range(s):
+            out[i, j] = sum(float(np.dot(A[i, k], B[k, j])) for k in range(r))
+    return out

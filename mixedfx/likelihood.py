@@ -212,8 +212,8 @@ class ProfiledDeviance:
         Minv = la.cho_solve((pr["RX"], True), np.eye(p)) if (self.reml and p) else None
         F = np.zeros((s.first_q, s.first_q))
         for sl in chunks:
-            P = kept if kept is not None else self._cluster_factors(lam, sl)[0]
-            F += self._gradient_terms(P, lam, sl, v, dof / pr["r2"], Minv)
+            P, B = kept if kept is not None else self._cluster_factors(lam, sl)[:2]
+            F += self._gradient_terms(P, B, lam, sl, v, dof / pr["r2"], Minv)
         jac = self.factors[0][2](theta)
         return pr["deviance"], np.einsum("kij,ji->k", jac, F)
 
@@ -244,7 +244,7 @@ class ProfiledDeviance:
             P, B, chunk_logdet = self._cluster_factors(lam, sl)
             logdet += chunk_logdet
             M_full -= self._woodbury_correction(B, sl)
-            kept = P if (keep and len(chunks) == 1) else None
+            kept = (P, B) if (keep and len(chunks) == 1) else None
         M = M_full[:p, :p]
         rhs = M_full[:p, p]
         if p:
@@ -274,47 +274,66 @@ class ProfiledDeviance:
     def _cluster_factors(self, lam: np.ndarray, sl: slice) -> tuple[np.ndarray, np.ndarray, float]:
         """For the clusters in ``sl``: ``P_j = A_j^{-1}``, ``B_j = Lambda P_j Lambda'`` and ``sum log|A_j|``."""
         q = self.stats.first_q
-        S = self._S_flat[:, sl]
-        c = S.shape[1]
-        A = (np.kron(lam.T, lam.T) @ S).reshape(q, q, c)
+        A = batched.congruence(lam, self.stats.first_ZtZ[:, :, sl])
         idx = np.arange(q)
         A[idx, idx] += 1.0
         L = batched.cholesky(A)
         logdet = 2.0 * float(np.log(np.diagonal(L, axis1=0, axis2=1)).sum())
         P = batched.inverse_from_cholesky(L)
-        B = (np.kron(lam, lam) @ P.reshape(q * q, c)).reshape(q, q, c)
+        B = batched.kron_apply(lam, lam.T, P)
         return P, B, logdet
 
     def _woodbury_correction(self, B: np.ndarray, sl: slice) -> np.ndarray:
-        """``sum_j W_j'Z_j B_j Z_j'W_j`` over the clusters in ``sl``: q^2 weighted matrix products."""
+        """``sum_j W_j'Z_j B_j Z_j'W_j`` over the clusters in ``sl``.
+
+        ``B_j`` is symmetric, so the sum is ``sum_a (B_aa Z_a'W)' Z_a'W`` plus, for ``a < b``,
+        ``(B_ab Z_a'W)' Z_b'W`` and its transpose: q(q+1)/2 scaled copies into one buffer and
+        as many matrix products.
+        """
         ZtW = self._ZtW[:, :, sl]
         q = ZtW.shape[0]
         out = np.zeros((ZtW.shape[1], ZtW.shape[1]))
+        if q == 0:
+            return out
+        scaled = np.empty_like(ZtW[0])
         for a in range(q):
-            V_a = B[a, 0] * ZtW[0]
-            for b in range(1, q):
-                V_a += B[a, b] * ZtW[b]
-            out += V_a @ ZtW[a].T
+            np.multiply(ZtW[a], B[a, a], out=scaled)
+            out += scaled @ ZtW[a].T
+            for b in range(a + 1, q):
+                np.multiply(ZtW[a], B[a, b], out=scaled)
+                cross = scaled @ ZtW[b].T
+                out += cross + cross.T
         return out
 
     def _gradient_terms(
-        self, P: np.ndarray, lam: np.ndarray, sl: slice, v: np.ndarray, scale: float, Minv: np.ndarray | None
+        self, P: np.ndarray, B: np.ndarray, lam: np.ndarray, sl: slice, v: np.ndarray, scale: float, Minv
     ) -> np.ndarray:
-        """The clusters' contribution to ``F`` (see :meth:`deviance_and_gradient`); ``scale = c / r^2``."""
+        """The clusters' contribution to ``F`` (see :meth:`deviance_and_gradient`); ``scale = c / r^2``.
+
+        With ``Y_j = P_j Lambda'``, ``R_j = I - B_j S_j``, ``t_j = Y_j g_j`` and
+        ``u_j = R_j' g_j`` this is ``2 sum_j (Y_j S_j - scale t_j u_j' - [REML] Y_j H_j R_j)``:
+        only q x q work per cluster besides ``g`` and ``H``.
+        """
         ZtW = self._ZtW[:, :, sl]
-        q, p = ZtW.shape[0], ZtW.shape[1] - 1
-        g = np.einsum("akm,k->am", ZtW, v)
-        Q = -scale * g[:, None, :] * g[None, :, :]
-        if Minv is not None:
-            ZtX = ZtW[:, :p, :]
-            for b in range(q):
-                Y_b = Minv @ ZtX[b]
-                for a in range(q):
-                    Q[a, b] -= np.einsum("km,km->m", ZtX[a], Y_b)
-        PLt = np.einsum("ijm,kj->ikm", P, lam)  # P_j Lambda'
         S = self.stats.first_ZtZ[:, :, sl]
-        QLPLtS = _stack_matmul(_stack_matmul(Q, np.einsum("ij,jkm->ikm", lam, PLt)), S)
-        return 2.0 * _stack_matmul(PLt, S + Q - QLPLtS).sum(axis=2)
+        q, p = ZtW.shape[0], ZtW.shape[1] - 1
+        eye = np.eye(q)
+        Y = batched.kron_apply(eye, lam.T, P)  # P_j Lambda'
+        g = np.stack([v @ ZtW[a] for a in range(q)])  # Z_j'(y_j - X_j beta)
+        t = np.einsum("abm,bm->am", Y, g)
+        u = g - np.einsum("abm,bm->am", S, lam @ t)
+        F = batched.sum_of_products(Y, S) - scale * (t @ u.T)
+        if Minv is not None:
+            H = np.empty_like(P)  # H_j = Z_j'X_j M^{-1} X_j'Z_j
+            for b in range(q):
+                MZ = Minv @ ZtW[b, :p]
+                for a in range(b + 1):
+                    H[a, b] = np.einsum("km,km->m", ZtW[a, :p], MZ)
+                    H[b, a] = H[a, b]
+            R = -_stack_matmul(B, S)
+            R[np.arange(q), np.arange(q)] += 1.0
+            F -= batched.sum_of_products(_stack_matmul(Y, H), R)
+        return 2.0 * F
 
     def solve(self, theta: np.ndarray, dense: bool = True) -> Solution:
         """Evaluate the profiled deviance at ``theta`` and keep the intermediate results.
