@@ -98,6 +98,39 @@ class ProfiledDeviance:
         self._bd_indptr = np.arange(0, m1 * q1 * q1 + 1, q1)
         self._bd_indices = ((rows // q1)[:, None] * q1 + np.arange(q1)[None, :]).ravel()
         self._nested = self._detect_nesting()
+        # With scalar random effects everywhere, L21 is Z2'Z1 with scaled rows and columns.
+        self._all_scalar = q1 == 1 and all(q == 1 for q, _ in s.rest_sizes)
+        self._Z21_rows = np.repeat(np.arange(s.rest_Z1.shape[0]), np.diff(s.rest_Z1.indptr))
+        if self._all_scalar and not self._nested:
+            self._prepare_fill_pairs()
+
+    def _prepare_fill_pairs(self) -> None:
+        """Symbolic part of ``L21 L21'`` for scalar random effects (computed once).
+
+        ``L21 = D2 Z21 D1`` with diagonal ``D1, D2``, so the lower triangle of
+        ``L21 L21' = D2 (sum_j d1_j^2 z_j z_j') D2`` has, for each pair of rows ``(r, r')``
+        sharing a first-factor level j, the term ``z_rj z_r'j d1_j^2``.  ``_pair_matrix``
+        (pairs x m1) maps the vector ``d1^2`` to those sums in one sparse product; the
+        pairs' flat positions in the dense block are kept for the scatter.
+        """
+        Z = self.stats.rest_Z1.tocsc()
+        Z.sort_indices()
+        R, m1 = Z.shape
+        counts = np.diff(Z.indptr)
+        col_of = np.repeat(np.arange(m1), counts)
+        pos = np.arange(Z.nnz) - Z.indptr[col_of]  # position of each entry within its column
+        span = counts[col_of] - pos  # partners at or after it in the column
+        first = np.repeat(np.arange(Z.nnz), span)
+        second = first + (np.arange(first.size) - np.repeat(np.cumsum(span) - span, span))
+        flat = Z.indices[second].astype(np.int64) * R + Z.indices[first]  # lower triangle: row >= column
+        present = np.bincount(flat, minlength=R * R) > 0  # R^2 is the size of the dense block anyway
+        self._pair_flat = np.flatnonzero(present)
+        pair = np.cumsum(present)[flat] - 1
+        indptr = np.zeros(m1 + 1, dtype=np.int64)
+        np.cumsum(counts * (counts + 1) // 2, out=indptr[1:])  # pairs are generated column by column
+        values = Z.data[first] * Z.data[second]
+        self._pair_matrix = sp.csc_matrix((values, pair, indptr), shape=(self._pair_flat.size, m1))
+        self._pair_rows, self._pair_cols = np.divmod(self._pair_flat, R)
 
     def _detect_nesting(self) -> bool:
         """True when there is one outer factor and every first-factor level lies in one of its levels.
@@ -360,9 +393,9 @@ class ProfiledDeviance:
             logdet += logdet_rest
         p = s.p
         if p:
-            RX = la.cholesky(M, lower=True)
-            cb = la.solve_triangular(RX, rhs, lower=True)
-            beta = la.solve_triangular(RX, cb, lower=True, trans="T")
+            RX = la.cholesky(M, lower=True, check_finite=False)
+            cb = la.solve_triangular(RX, rhs, lower=True, check_finite=False)
+            beta = la.solve_triangular(RX, cb, lower=True, trans="T", check_finite=False)
             r2 -= float(cb @ cb)
             logdet_x = 2.0 * float(np.log(np.diag(RX)).sum())
         else:
@@ -430,32 +463,62 @@ class ProfiledDeviance:
         logdet = 2.0 * float(np.log(np.diagonal(L2, axis1=0, axis2=1)).sum())
         return logdet, M - c2X.T @ c2X, rhs - c2X.T @ c2y, r2 - float(c2y @ c2y)
 
+    def _rest_lambda_T(self, lams: list[np.ndarray], M: np.ndarray) -> np.ndarray:
+        """``Lambda2' M`` for ``M`` with one row per random effect outside the first factor (block by block)."""
+        out = np.empty_like(M)
+        offset = 0
+        for lam, (q, m) in zip(lams[1:], self.stats.rest_sizes):
+            part = M[offset : offset + q * m]
+            if q == 1:
+                np.multiply(part, lam[0, 0], out=out[offset : offset + m])
+            else:
+                shaped = part.reshape((m, q, -1))
+                out[offset : offset + q * m] = np.einsum("ba,mbc->mac", lam, shaped).reshape(part.shape)
+            offset += q * m
+        return out
+
+    def _lower_left_block(self, lams: list[np.ndarray], sol: Solution) -> sp.csr_matrix:
+        """``L21 = Lambda2' Z2'Z1 Lambda1 L1^{-T}``, sparse with the pattern of ``Z2'Z1``."""
+        s = self.stats
+        q1, m1 = s.first_q, s.n_first_levels
+        Z21 = s.rest_Z1
+        if self._all_scalar:  # diagonal Lambdas and L1: scale the rows and columns of Z2'Z1
+            col_scale = lams[0][0, 0] / sol.L1[0, 0]
+            row_scale = np.concatenate([np.full(m, lam[0, 0]) for lam, (_, m) in zip(lams[1:], s.rest_sizes)])
+            data = Z21.data * row_scale[self._Z21_rows] * col_scale[Z21.indices]
+            return sp.csr_matrix((data, Z21.indices, Z21.indptr), shape=Z21.shape)
+        # Right factor per level: Lambda1 L1_j^{-T}.
+        L1inv = batched.lower_inverse(sol.L1)
+        right = np.einsum("ab,cbm->acm", lams[0], L1inv)  # [a, c] = sum_b lam[a,b] Linv[c,b]
+        data = right.transpose(2, 0, 1).reshape(-1)
+        blockdiag = sp.csr_matrix((data, self._bd_indices, self._bd_indptr), shape=(m1 * q1, m1 * q1))
+        return (self._rest_lambda(lams).T @ Z21 @ blockdiag).tocsr()
+
     def _solve_rest(
         self, lams: list[np.ndarray], sol: Solution, M: np.ndarray, rhs: np.ndarray, r2: float, dense: bool = True
     ) -> tuple[float, np.ndarray, np.ndarray, float]:
         """Eliminate the first factor from the other factors' block and factor the rest densely."""
         s = self.stats
         q1, m1 = s.first_q, s.n_first_levels
-        # Right factor of L21 = Lambda2' Z2'Z1 Lambda1 L1^{-T}: per level, Lambda1 L1_j^{-T}.
-        eye = np.broadcast_to(np.eye(q1)[:, :, None], (q1, q1, m1))
-        L1inv = batched.solve_lower(sol.L1, np.ascontiguousarray(eye))  # L1_j^{-1}
-        right = np.einsum("ab,cbm->acm", lams[0], L1inv)  # Lambda1 L1_j^{-T}: [a, c] = sum_b lam[a,b] Linv[c,b]
-        data = right.transpose(2, 0, 1).reshape(-1)
-        blockdiag = sp.csr_matrix((data, self._bd_indices, self._bd_indptr), shape=(m1 * q1, m1 * q1))
-        lam2 = self._rest_lambda(lams)
-        L21 = (lam2.T @ s.rest_Z1 @ blockdiag).tocsr()
+        L21 = self._lower_left_block(lams, sol)
         if self._nested:
+            lam2 = self._rest_lambda(lams)
             return self._solve_nested_rest(lams[1], lam2, L21, sol, M, rhs, r2, dense)
-        # Lambda2 is sparse (block diagonal): apply it from both sides without dense Q2^3 products.
-        lam2T = lam2.T.tocsr()
-        S = np.asarray(lam2T @ np.asarray(lam2T @ s.rest_ZtZ).T).T
+        if self._all_scalar:  # only the lower triangle is formed: the Cholesky reads no more
+            row_scale = np.concatenate([np.full(m, lam[0, 0]) for lam, (_, m) in zip(lams[1:], s.rest_sizes)])
+            S = s.rest_ZtZ * np.outer(row_scale, row_scale)
+            col_scale = lams[0][0, 0] / sol.L1[0, 0]
+            fill = self._pair_matrix @ (col_scale * col_scale)
+            S.reshape(-1)[self._pair_flat] -= fill * row_scale[self._pair_rows] * row_scale[self._pair_cols]
+        else:  # Lambda2 is block diagonal: apply it block by block from both sides
+            S = self._rest_lambda_T(lams, self._rest_lambda_T(lams, s.rest_ZtZ).T).T
+            S -= (L21 @ L21.T).toarray()
         S[np.diag_indices_from(S)] += 1.0
-        S -= (L21 @ L21.T).toarray()
         L2 = la.cholesky(S, lower=True, overwrite_a=True, check_finite=False)
-        flat_c1X = sol.c1X.transpose(2, 0, 1).reshape(m1 * q1, -1)
-        flat_c1y = sol.c1y.T.reshape(-1)
-        c2X = la.solve_triangular(L2, lam2T @ s.rest_ZtX - L21 @ flat_c1X, lower=True)
-        c2y = la.solve_triangular(L2, lam2T @ s.rest_Zty - L21 @ flat_c1y, lower=True)
+        flat_c1X = sol.c1X[0].T if q1 == 1 else sol.c1X.transpose(2, 0, 1).reshape(m1 * q1, -1)
+        flat_c1y = sol.c1y[0] if q1 == 1 else sol.c1y.T.reshape(-1)
+        c2X = la.solve_triangular(L2, self._rest_lambda_T(lams, s.rest_ZtX) - L21 @ flat_c1X, lower=True)
+        c2y = la.solve_triangular(L2, self._rest_lambda_T(lams, s.rest_Zty) - L21 @ flat_c1y, lower=True)
         sol.L21, sol.L2, sol.c2X, sol.c2y = L21, L2, c2X, c2y
         logdet = 2.0 * float(np.log(np.diag(L2)).sum())
         return logdet, M - c2X.T @ c2X, rhs - c2X.T @ c2y, r2 - float(c2y @ c2y)
