@@ -142,10 +142,12 @@ class ProfiledDeviance:
         if len(s.rest_sizes) != 1:
             return False
         q2, m2 = s.rest_sizes[0]
-        coo = s.rest_Z1.tocoo()
-        pairs = np.unique(np.column_stack([coo.col // s.first_q, coo.row // q2]), axis=0)
-        if np.unique(pairs[:, 0]).size != pairs.shape[0]:
-            return False
+        Z = s.rest_Z1.tocsc()  # entries grouped by column, so by first-factor level
+        outer = Z.indices // q2
+        level_ptr = Z.indptr[:: s.first_q]  # where each first-factor level's entries start
+        starts = level_ptr[:-1][np.diff(level_ptr) > 0]
+        if outer.size and np.any(np.minimum.reduceat(outer, starts) != np.maximum.reduceat(outer, starts)):
+            return False  # some first-factor level meets two outer levels: crossed, not nested
         idx = (np.arange(m2) * q2)[:, None] + np.arange(q2)[None, :]
         blocks = s.rest_ZtZ[idx[:, :, None], idx[:, None, :]]  # (m2, q2, q2)
         off = s.rest_ZtZ.copy()
