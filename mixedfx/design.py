@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,7 @@ class ReBlock:
     name: str
     factor: tuple[str, ...]
     codes: np.ndarray | None
-    levels: list[str]
+    levels: Sequence[str]  # a list or LevelLabels
     Z: np.ndarray | None
     terms: list[ReTerm] = field(default_factory=list)
     counts: np.ndarray | None = None  # rows per level, when the rows themselves are not kept
@@ -254,6 +255,44 @@ def _level_labels(uniques: object) -> list[str]:
     return [_level_label(u) for u in uniques]
 
 
+class LevelLabels(Sequence):
+    """Labels of a grouping factor's levels, formatted from the level values on first use.
+
+    A list of millions of Python strings costs hundreds of MB and seconds to build; fits
+    need only the number of levels, so the labels stay a compact array until asked for.
+    """
+
+    def __init__(self, values: object):
+        self._values = np.asarray(values)
+        self._labels: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._labels is None:
+            self._labels = _level_labels(self._values)
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index):
+        return self._list()[index]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __contains__(self, label: object) -> bool:
+        return label in self._list()
+
+    def index(self, label: object, *args) -> int:
+        return self._list().index(label, *args)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, Sequence)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"LevelLabels({len(self)} levels)"
+
+
 def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
     """Level label of every row for a (possibly interaction) factor, ``"a:b"`` joined (vectorised)."""
     joined = None
@@ -265,11 +304,11 @@ def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
     return joined
 
 
-def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, Sequence[str]]:
     """Integer codes and labels of a (possibly interaction) grouping factor."""
     if len(factor) == 1:
         codes, uniques = pd.factorize(data[factor[0]], sort=True)
-        return codes.astype(np.int64), _level_labels(uniques)
+        return codes.astype(np.int64), LevelLabels(uniques)
     codes, uniques = pd.factorize(factor_labels(data, factor), sort=True)
     return codes.astype(np.int64), [str(u) for u in uniques]
 

@@ -33,7 +33,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 
 from . import batched
-from .stats import SufficientStats
+from .stats import SufficientStats, set_column_transforms
 
 LOG_2PI = float(np.log(2 * np.pi))
 
@@ -76,10 +76,20 @@ class ProfiledDeviance:
     never forms the (q, p, m) intermediates and also returns the analytic gradient.
     """
 
-    def __init__(self, stats: SufficientStats, factors: list[tuple[int, object, object]], reml: bool):
+    def __init__(
+        self,
+        stats: SufficientStats,
+        factors: list[tuple[int, object, object]],
+        reml: bool,
+        column_transforms: list[np.ndarray] | None = None,
+    ):
         self.stats = stats
         self.factors = factors
         self.reml = reml
+        # The transforms T_k of the random-effect columns this deviance works with; several
+        # deviances may share (and transform in place) one set of statistics.
+        self.z_transforms = column_transforms
+        self.use_columns()
         self.n_theta = sum(f[0] for f in factors)
         self.offset = 0.0  # added to every deviance: sum log|R_i| of whitened R-side models
         self.single_factor = stats.rest_Z1 is None
@@ -172,6 +182,15 @@ class ProfiledDeviance:
         self._WtW = WtW
         q, m = s.first_q, s.n_first_levels
         self._S_flat = np.ascontiguousarray(s.first_ZtZ.reshape(q * q, m))
+
+    def use_columns(self) -> None:
+        """Put the (possibly shared) statistics in this deviance's column transforms, if they are not."""
+        if self.z_transforms is None:
+            return
+        current = self.stats.column_transforms
+        if current is None or any(C is not T for C, T in zip(current, self.z_transforms)):
+            set_column_transforms(self.stats, self.z_transforms)
+            self.stats.column_transforms = self.z_transforms  # identity marks this deviance as the owner
 
     def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
         """Relative covariance factors of every grouping factor for ``theta``."""
@@ -267,6 +286,7 @@ class ProfiledDeviance:
 
     def _profile_single(self, theta: np.ndarray, keep: bool) -> dict:
         """First pass of the single-factor evaluation: log-determinants, Woodbury products, beta, r^2."""
+        self.use_columns()
         s = self.stats
         theta = np.asarray(theta, dtype=float)
         lam = self.factors[0][1](theta)
@@ -375,6 +395,7 @@ class ProfiledDeviance:
 
         ``dense=False`` skips forming a dense outer factor that only BLUPs need.
         """
+        self.use_columns()
         s = self.stats
         theta = np.asarray(theta, dtype=float)
         lams = self.lambdas(theta)

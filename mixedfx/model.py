@@ -71,10 +71,9 @@ def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object
         ys,
         design.weights,
     )
+    stats.column_transforms = transforms  # the statistics are those of Z T already
     factors = [(b.n_params, b.factor_matrix, b.factor_jacobian) for b in design.blocks]
-    deviance = ProfiledDeviance(stats, factors, reml)
-    deviance.z_transforms = transforms
-    return deviance, scaling
+    return ProfiledDeviance(stats, factors, reml, column_transforms=transforms), scaling
 
 
 def theta_bounds(design: Design) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -72,7 +72,7 @@ class ReducedData:
     formula: ParsedFormula
     plan: ColumnPlan
     blocks: list[ReBlock]
-    stats: SufficientStats  # raw random-effect columns, standardised X and y
+    stats: SufficientStats  # standardised X and y; random-effect columns as in stats.column_transforms
     scaling: Scaling
     nobs: int
     n_missing: int
@@ -283,43 +283,6 @@ def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
     stats.rest_ZtZ = dense
     stats.rest_ZtX = zx
     stats.rest_Zty = zy
-
-
-def transform_random_columns(stats: SufficientStats, transforms: list[np.ndarray]) -> SufficientStats:
-    """Statistics of ``Z T_k`` from those of ``Z`` (per-level congruences; sparse Kronecker for the rest)."""
-    T1 = transforms[0]
-    if stats.first_ZtW is not None:  # one product over the combined stack, its parts as views
-        ZtW = np.einsum("ai,akm->ikm", T1, stats.first_ZtW)
-        ZtX, Zty = ZtW[:, : stats.p], ZtW[:, stats.p]
-    else:
-        ZtW = None
-        ZtX = np.ascontiguousarray(np.einsum("ai,akm->ikm", T1, stats.first_ZtX))
-        Zty = np.ascontiguousarray(T1.T @ stats.first_Zty)
-    out = SufficientStats(
-        n=stats.n,
-        p=stats.p,
-        XtX=stats.XtX,
-        Xty=stats.Xty,
-        yty=stats.yty,
-        sum_log_weights=stats.sum_log_weights,
-        first_q=stats.first_q,
-        first_ZtZ=np.ascontiguousarray(np.einsum("ai,abm,bj->ijm", T1, stats.first_ZtZ, T1)),
-        first_ZtX=ZtX,
-        first_Zty=Zty,
-        rest_sizes=stats.rest_sizes,
-        first_ZtW=ZtW,
-    )
-    if stats.rest_Z1 is not None:
-        K1 = sp.kron(sp.identity(stats.n_first_levels), sp.csr_matrix(T1), format="csr")
-        K2 = sp.block_diag(
-            [sp.kron(sp.identity(m), sp.csr_matrix(T)) for T, (_, m) in zip(transforms[1:], stats.rest_sizes)],
-            format="csr",
-        )
-        out.rest_Z1 = (K2.T @ stats.rest_Z1 @ K1).tocsr()
-        out.rest_ZtZ = (K2.T @ sp.csr_matrix(stats.rest_ZtZ) @ K2).toarray()
-        out.rest_ZtX = K2.T @ stats.rest_ZtX
-        out.rest_Zty = K2.T @ stats.rest_Zty
-    return out
 
 
 # ---------------------------------------------------------------------------- scaling from moments
@@ -575,10 +538,10 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
         covariance,
     )
     transforms = [b.standardising_transform() for b in blocks]
-    stats = transform_random_columns(reduced.stats, transforms)
     factors = [(b.n_params, b.factor_matrix, b.factor_jacobian) for b in blocks]
-    deviance = ProfiledDeviance(stats, factors, reml)
-    deviance.z_transforms = transforms
+    # The statistics are transformed in place (no second copy); every deviance built on them
+    # restores its own transform before it reads them (see ProfiledDeviance.use_columns).
+    deviance = ProfiledDeviance(reduced.stats, factors, reml, column_transforms=transforms)
     start = np.concatenate([t.structure.start() for b in blocks for t in b.terms])
     lower = np.concatenate([t.structure.lower_bounds() for b in blocks for t in b.terms])
     upper = np.concatenate([t.structure.upper_bounds() for b in blocks for t in b.terms])

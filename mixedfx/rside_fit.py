@@ -74,9 +74,9 @@ class RSideModel:
     def inner(self, u: np.ndarray) -> ProfiledDeviance:
         """The profiled deviance of the whitened data at ``u`` (its offset holds ``sum log|R_i|``)."""
         stats, logdet = self.stats_at(u)
-        dev = ProfiledDeviance(stats, self.factors, self.reml)
+        stats.column_transforms = self.transforms  # built from the columns Z T already
+        dev = ProfiledDeviance(stats, self.factors, self.reml, column_transforms=self.transforms)
         dev.offset = logdet
-        dev.z_transforms = self.transforms
         return dev
 
     def __call__(self, params: np.ndarray) -> float:

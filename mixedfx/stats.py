@@ -124,6 +124,7 @@ class SufficientStats:
     rest_ZtX: np.ndarray | None = None
     rest_Zty: np.ndarray | None = None
     first_ZtW: np.ndarray | None = None  # (q, p+1, m) with first_ZtX and first_Zty as views, when built so
+    column_transforms: list[np.ndarray] | None = None  # T_k already applied (statistics of Z T_k); None: none
 
     @property
     def n_first_levels(self) -> int:
@@ -285,3 +286,46 @@ def _add_rest_stats(
     sums = np.vstack([_level_major_sums(codes[k], Zs[k], levels[k], W) for k in range(1, len(Zs))])
     stats.rest_ZtX = sums[:, :-1]
     stats.rest_Zty = sums[:, -1]
+
+
+#: Levels per chunk when transforming the per-level stacks in place (bounds the temporaries).
+TRANSFORM_CHUNK = 500_000
+
+
+def set_column_transforms(stats: SufficientStats, transforms: list[np.ndarray]) -> None:
+    """Change ``stats`` in place to those of the random-effect columns ``Z T_k``.
+
+    The statistics may already be those of ``Z C_k`` (``stats.column_transforms``); the
+    relative transform ``R_k = C_k^{-1} T_k`` is applied: ``S_j -> R' S_j R`` and
+    ``Z_j'W_j -> R' Z_j'W_j`` for the first factor, level chunk by level chunk so that no
+    second copy of the (possibly 10^7-level) stacks is made; the smaller outer-factor parts
+    are recomputed.
+    """
+    from .batched import kron_apply
+
+    current = stats.column_transforms or [np.eye(T.shape[0]) for T in transforms]
+    if all(np.array_equal(C, T) for C, T in zip(current, transforms)):
+        stats.column_transforms = [np.array(T, dtype=float) for T in transforms]
+        return
+    relative = [np.linalg.solve(C, T) for C, T in zip(current, transforms)]
+    R1 = relative[0]
+    m = stats.n_first_levels
+    for start in range(0, m, TRANSFORM_CHUNK):
+        sl = slice(start, min(start + TRANSFORM_CHUNK, m))
+        stats.first_ZtZ[:, :, sl] = kron_apply(R1.T, R1, stats.first_ZtZ[:, :, sl])
+        if stats.first_ZtW is not None:  # first_ZtX and first_Zty are views of it
+            stats.first_ZtW[:, :, sl] = np.tensordot(R1.T, stats.first_ZtW[:, :, sl], axes=(1, 0))
+        else:
+            stats.first_ZtX[:, :, sl] = np.tensordot(R1.T, stats.first_ZtX[:, :, sl], axes=(1, 0))
+            stats.first_Zty[:, sl] = R1.T @ stats.first_Zty[:, sl]
+    if stats.rest_Z1 is not None:
+        K1 = sp.kron(sp.identity(m), sp.csr_matrix(R1), format="csr")
+        K2 = sp.block_diag(
+            [sp.kron(sp.identity(mk), sp.csr_matrix(R)) for R, (_, mk) in zip(relative[1:], stats.rest_sizes)],
+            format="csr",
+        )
+        stats.rest_Z1 = (K2.T @ stats.rest_Z1 @ K1).tocsr()
+        stats.rest_ZtZ = (K2.T @ sp.csr_matrix(stats.rest_ZtZ) @ K2).toarray()
+        stats.rest_ZtX = K2.T @ stats.rest_ZtX
+        stats.rest_Zty = K2.T @ stats.rest_Zty
+    stats.column_transforms = [np.array(T, dtype=float) for T in transforms]

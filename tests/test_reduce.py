@@ -109,6 +109,22 @@ def test_reduction_saves_and_refits_without_rows(exam_files, tmp_path):
             _same(fit_reduced(again, method=method, covariance={"school": structure}), memory, rel=1e-7)
 
 
+def test_refits_sharing_one_reduction_stay_independent(exam_files):
+    """Fits on one ReducedData transform its statistics in place; each restores its own before use."""
+    exam, _ = exam_files
+    exam = exam.assign(lrt20=exam["lrt_groupc"] + 20.0)  # far from 0: the two structures' transforms differ
+    formula = "gcse ~ lrt20 + (1 + lrt20 | school)"
+    reduced = reduce_frame(formula, exam, chunk_rows=1000)
+    first = fit_reduced(reduced, covariance={"school": "unstructured"})
+    second = fit_reduced(reduced, covariance={"school": "independent"})
+    # The first fit's lazy results are computed after the second changed the shared statistics.
+    memory = mixedfx.fit(formula, exam, covariance={"school": "unstructured"})
+    np.testing.assert_allclose(first.ranef()["school"].to_numpy(), memory.ranef()["school"].to_numpy(), atol=1e-7)
+    _same(first, memory, rel=1e-7)
+    _same(second, mixedfx.fit(formula, exam, covariance={"school": "independent"}), rel=1e-7)
+    assert first.loglik > second.loglik  # unstructured nests independent
+
+
 def test_crossed_factors_are_refused_with_advice(tmp_path):
     pen = mixedfx.datasets.load_penicillin()
     pen.to_parquet(tmp_path / "pen.parquet")
