@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from formulaic import Formula, model_matrix
 
 from .covariance import CovStructure, canonical_structure
-from .design import Design, ReBlock, ReTerm, _check_columns, aliased_columns, lme4_name
+from .design import Design, LevelLabels, ReBlock, ReTerm, _check_columns, aliased_columns, lme4_name
 from .errors import DataError, FormulaError, OptionError, RankDeficiencyWarning, suggest
 from .formula import ParsedFormula, parse_formula
 from .stats import Scaling, SufficientStats
@@ -156,6 +156,8 @@ def _keys(plan: ColumnPlan, frame: pd.DataFrame) -> pd.DataFrame:
 def _block_order(plan: ColumnPlan, keys: pd.DataFrame) -> list[str]:
     """Factor names, most levels first (the innermost factor first)."""
     names = list(dict.fromkeys(":".join(f) for _, f, *_ in plan.terms))
+    if len(names) == 1:  # nothing to order (and no hash table over millions of cluster keys)
+        return names
     return sorted(names, key=lambda n: -keys[n].nunique())
 
 
@@ -205,18 +207,23 @@ def assemble(sums: ClusterSums, plan: ColumnPlan, p: int) -> tuple[SufficientSta
     keys = sums.keys
     order = _block_order(plan, keys)
     inner = order[0]
-    if not keys[inner].is_unique:
-        raise DataError(f"Internal error: clusters of {inner!r} are not unique after reduction.")
     counts_c, ZZ, ZX, Zy = sums.counts, sums.ZZ, sums.ZX, sums.Zy
-    if not keys[inner].is_monotonic_increasing:
-        sort = np.argsort(keys[inner].to_numpy().astype(str), kind="stable")
+    # Levels in the in-memory engine's order: numbers numerically, anything else as text.
+    inner_keys = keys[inner].to_numpy()
+    if inner_keys.dtype.kind not in "iuf":
+        inner_keys = inner_keys.astype(str)
+    if inner_keys.size > 1 and not np.all(inner_keys[1:] > inner_keys[:-1]):
+        sort = np.argsort(inner_keys, kind="stable")
+        inner_keys = inner_keys[sort]
+        if np.any(inner_keys[1:] == inner_keys[:-1]):
+            raise DataError(f"Internal error: clusters of {inner!r} are not unique after reduction.")
         keys = keys.iloc[sort].reset_index(drop=True)
         counts_c, ZZ, ZX, Zy = counts_c[sort], ZZ[:, :, sort], ZX[:, :, sort], Zy[:, sort]
     layout = _z_layout(plan)
     level_lists, codes, counts = {}, {}, {}
     for name in order:
         if name == inner:  # sorted and unique: the clusters are the levels
-            level_lists[name] = [str(v) for v in keys[name].tolist()]
+            level_lists[name] = LevelLabels(inner_keys)
             codes[name] = np.arange(len(keys))
             counts[name] = counts_c.astype(int)
             continue
@@ -733,58 +740,121 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     for _, factor, *_ in plan.terms:
         name = ":".join(factor)
         key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({_quote(f)} AS VARCHAR)" for f in factor) + ")"
-    order = sorted(
-        key_exprs,
-        key=lambda n: -con.execute(f"SELECT count(DISTINCT {key_exprs[n]}) FROM {src} WHERE {complete}").fetchone()[0],
-    )
+    distinct = {
+        n: con.execute(f"SELECT count(DISTINCT {e}) FROM {src} WHERE {complete}").fetchone()[0]
+        for n, e in key_exprs.items()
+    }
+    order = sorted(key_exprs, key=lambda n: -distinct[n])
     inner = order[0]
+    if ":" not in inner and _is_numeric_type(types[inner]):  # numbers come back as numbers, not 10^7 strings
+        key_exprs[inner] = _quote(inner)
     parts = [f"{key_exprs[inner]} AS k0"]
     parts += [f"min({key_exprs[n]}) AS k{i}" for i, n in enumerate(order[1:], start=1)]
     parts += [f"count(DISTINCT {key_exprs[n]}) AS d{i}" for i, n in enumerate(order[1:], start=1)]
-    parts += [f"sum({w_sql} * {z_sql[a]} * {z_sql[b]})" for a in range(Q) for b in range(Q)]
-    parts += [f"sum({w_sql} * {z_sql[a]} * {xs[j]})" for a in range(Q) for j in range(p)]
-    parts += [f"sum({w_sql} * {z_sql[a]} * {ys})" for a in range(Q)]
-    parts += ["count(*)"]
-    # Ordered by cluster label (binary collation = numpy's string order): the stacks are used in place.
+    values = [f"sum({w_sql} * {z_sql[a]} * {z_sql[b]})" for a in range(Q) for b in range(Q)]
+    values += [f"sum({w_sql} * {z_sql[a]} * {xs[j]})" for a in range(Q) for j in range(p)]
+    values += [f"sum({w_sql} * {z_sql[a]} * {ys})" for a in range(Q)]
+    values += ["count(*)"]
+    parts += [f"{v} AS v{i}" for i, v in enumerate(values)]
+    # Ordered by cluster label (numbers numerically, text in binary collation = numpy's string
+    # order): the stacks are filled in place, in chunks of rows, never holding the whole result twice.
     query = f"SELECT {', '.join(parts)} FROM {src} WHERE {complete} GROUP BY {key_exprs[inner]} ORDER BY k0"
-    result = con.execute(query).fetchnumpy()
-    names = list(result)
-    n_outer = len(order) - 1
-    for i in range(1, n_outer + 1):
-        if np.max(result[f"d{i}"]) > 1:
-            raise OptionError(
-                f"The grouping factors {inner!r} and {order[i]!r} are crossed: this reduction needs one grouping "
-                "factor or nested ones. Fit crossed models in memory (engine='memory')."
-            )
-    keys = pd.DataFrame({inner: result.pop("k0")})
-    for i, n in enumerate(order[1:], start=1):
-        keys[n] = np.asarray(result.pop(f"k{i}")).astype(str)
-    value_names = names[1 + 2 * n_outer :]
-    C = len(keys)
-    # Copy each fetched column into the engine's element-major stacks and free it at once,
-    # so that at most one extra column exists at any time.
-    ZW = np.empty((Q, p + 1, C))  # Z'X and Z'y in one stack (the engine's Z'[X y])
-    stacks = {"ZZ": np.empty((Q, Q, C)), "ZX": ZW[:, :p], "Zy": ZW[:, p]}
-    targets = [("ZZ", (a, b)) for a in range(Q) for b in range(Q)]
-    targets += [("ZX", (a, j)) for a in range(Q) for j in range(p)] + [("Zy", (a,)) for a in range(Q)]
-    for column, (stack, index) in zip(value_names[:-1], targets):
-        stacks[stack][index] = np.asarray(result.pop(column), dtype=float)
-    counts = np.asarray(result.pop(value_names[-1]), dtype=float)
-    sums = ClusterSums(
-        keys=keys,
-        counts=counts,
-        ZZ=stacks["ZZ"],
-        ZX=stacks["ZX"],
-        Zy=stacks["Zy"],
-        XX=XX,
-        Xy=Xy,
-        yy=float(yy),
-        sum_log_weights=float(slw) if weights else 0.0,
-        ZW=ZW,
-    )
+    if distinct[inner] > SPILL_CLUSTERS:
+        sums = _fetch_through_parquet(con, query, order, distinct[inner], Q, p)
+    else:
+        sums = _fetch_cluster_sums(con.execute(query), order, distinct[inner], Q, p)
+    sums.XX, sums.Xy, sums.yy = XX, Xy, float(yy)
+    sums.sum_log_weights = float(slw) if weights else 0.0
     return _finish(
         parsed, plan, sums, scaling, mean[p + 1 :], sd[p + 1 :], int(nobs), int(total - nobs), weights is not None
     )
+
+
+def _is_numeric_type(sql_type: str) -> bool:
+    """True for DuckDB integer and floating-point column types."""
+    return any(t in sql_type for t in ("INT", "DOUBLE", "FLOAT", "REAL", "DECIMAL", "NUMERIC"))
+
+
+#: DuckDB vectors (2048 rows each) per fetched chunk of the per-cluster result.
+FETCH_VECTORS = 256
+
+#: Above this many clusters the per-cluster result goes through a temporary Parquet file, so
+#: that DuckDB has released its memory before the engine's stacks are filled.
+SPILL_CLUSTERS = 1_000_000
+
+
+def _cluster_stacks(n_clusters: int, Q: int, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Empty Z'Z (Q, Q, C), Z'[X y] (Q, p+1, C) and counts, with the target row of each SQL value column."""
+    ZW = np.empty((Q, p + 1, n_clusters))  # Z'X and Z'y in one stack (the engine's Z'[X y])
+    ZZ = np.empty((Q, Q, n_clusters))
+    counts = np.empty(n_clusters)
+    targets = [ZZ[a, b] for a in range(Q) for b in range(Q)]
+    targets += [ZW[a, j] for a in range(Q) for j in range(p)] + [ZW[a, p] for a in range(Q)] + [counts]
+    return ZZ, ZW, counts, targets
+
+
+def _crossed_error(inner: str, outer: str) -> OptionError:
+    return OptionError(
+        f"The grouping factors {inner!r} and {outer!r} are crossed: this reduction needs one grouping factor or "
+        "nested ones. Fit crossed models in memory (engine='memory')."
+    )
+
+
+def _fetch_cluster_sums(cursor, order: list[str], n_clusters: int, Q: int, p: int) -> ClusterSums:
+    """Copy the per-cluster SQL result chunk by chunk into the engine's element-major stacks.
+
+    Columns: ``k0`` (cluster key), ``k1..`` (outer keys), ``d1..`` (distinct outer levels per
+    cluster: more than one means crossed factors), then Z'Z, Z'X, Z'y sums and the count.
+    """
+    n_outer = len(order) - 1
+    ZZ, ZW, counts, targets = _cluster_stacks(n_clusters, Q, p)
+    key_parts: list[list[np.ndarray]] = [[] for _ in range(n_outer + 1)]
+    offset = 0
+    while True:
+        chunk = cursor.fetch_df_chunk(FETCH_VECTORS)
+        if len(chunk) == 0:
+            break
+        n = len(chunk)
+        if offset + n > n_clusters:
+            raise DataError("The data changed while they were being reduced (more clusters than counted).")
+        for i in range(1, n_outer + 1):
+            if chunk[f"d{i}"].max() > 1:
+                raise _crossed_error(order[0], order[i])
+        key_parts[0].append(chunk["k0"].to_numpy())
+        for i in range(1, n_outer + 1):
+            key_parts[i].append(chunk[f"k{i}"].to_numpy().astype(str))
+        for column, target in zip(chunk.columns[1 + 2 * n_outer :], targets):
+            target[offset : offset + n] = chunk[column].to_numpy(dtype=float)
+        offset += n
+    if offset != n_clusters:
+        raise DataError("The data changed while they were being reduced (fewer clusters than counted).")
+    keys = pd.DataFrame({name: np.concatenate(parts) for name, parts in zip(order, key_parts)})
+    return ClusterSums(keys, counts, ZZ, ZW[:, :p], ZW[:, p], None, None, 0.0, ZW=ZW)
+
+
+def _fetch_through_parquet(con, query: str, order: list[str], n_clusters: int, Q: int, p: int) -> ClusterSums:
+    """Like :func:`_fetch_cluster_sums`, but DuckDB first writes the whole result to a temporary
+    Parquet file and frees its memory; the stacks are then filled one column at a time."""
+    import tempfile
+
+    n_outer = len(order) - 1
+    with tempfile.TemporaryDirectory(prefix="mixedfx-") as folder:
+        path = str(Path(folder) / "clusters.parquet").replace("'", "''")
+        con.execute(f"COPY ({query}) TO '{path}' (FORMAT parquet)")
+        source = f"read_parquet('{path}')"
+        columns = con.execute(f"DESCRIBE SELECT * FROM {source}").df()["column_name"].tolist()
+        for i in range(1, n_outer + 1):
+            if con.execute(f"SELECT max(d{i}) FROM {source}").fetchone()[0] > 1:
+                raise _crossed_error(order[0], order[i])
+        if con.execute(f"SELECT count(*) FROM {source}").fetchone()[0] != n_clusters:
+            raise DataError("The data changed while they were being reduced (cluster count differs).")
+        ZZ, ZW, counts, targets = _cluster_stacks(n_clusters, Q, p)
+        for column, target in zip(columns[1 + 2 * n_outer :], targets):
+            target[:] = con.execute(f"SELECT {_quote(column)} FROM {source}").fetchnumpy()[column]
+        keys = pd.DataFrame({order[0]: con.execute(f"SELECT k0 FROM {source}").fetchnumpy()["k0"]})
+        for i in range(1, n_outer + 1):
+            keys[order[i]] = np.asarray(con.execute(f"SELECT k{i} FROM {source}").fetchnumpy()[f"k{i}"]).astype(str)
+    return ClusterSums(keys, counts, ZZ, ZW[:, :p], ZW[:, p], None, None, 0.0, ZW=ZW)
 
 
 def _lit(value: float) -> str:

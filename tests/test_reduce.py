@@ -47,6 +47,18 @@ def test_duckdb_parquet_glob_equals_memory(exam_files):
     np.testing.assert_allclose(blups.to_numpy(), memory.ranef()["school"].sort_index().to_numpy(), rtol=1e-6)
 
 
+def test_duckdb_many_clusters_go_through_a_parquet_file(exam_files, monkeypatch):
+    import mixedfx.reduce as reduce_module
+
+    exam, folder = exam_files
+    monkeypatch.setattr(reduce_module, "SPILL_CLUSTERS", 10)  # the exam data's 65 schools count as many
+    fit = mixedfx.fit(EXAM, str(folder / "*.parquet"), engine="duckdb")
+    _same(fit, mixedfx.fit(EXAM, exam))
+    np.testing.assert_allclose(fit.ranef()["school"].to_numpy(), mixedfx.fit(EXAM, exam).ranef()["school"].to_numpy())
+    nested = reduce_module.reduce_duckdb("gcse ~ lrt_groupc + (1 | schgend/school)", str(folder / "*.parquet"))
+    assert nested.blocks[0].n_levels == 65
+
+
 def test_duckdb_csv_files_and_directory(exam_files):
     exam, folder = exam_files
     memory = mixedfx.fit("gcse ~ lrt_groupc + (1 | school)", exam, method="ml")
