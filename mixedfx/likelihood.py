@@ -37,8 +37,10 @@ from .stats import SufficientStats, set_column_transforms
 
 LOG_2PI = float(np.log(2 * np.pi))
 
-#: Clusters per chunk in the single-factor evaluation (bounds its temporaries to ~100 MB for q = 2).
-CHUNK_CLUSTERS = 500_000
+#: Clusters per chunk in the single-factor evaluation.  Chunks this small keep each pass's
+#: arrays in the CPU cache (at 10^6 clusters, 2.5x faster than chunks of 500,000 although the
+#: factors are then recomputed for the gradient) and bound the temporaries to a few MB.
+CHUNK_CLUSTERS = 20_000
 
 
 @dataclass
