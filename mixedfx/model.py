@@ -22,6 +22,7 @@ from .likelihood import ProfiledDeviance
 from .optimize import minimize_deviance
 from .results import MixedResults
 from .rside import parse_residuals
+from .start import moment_start
 from .stats import compute_stats, standardise
 
 
@@ -161,6 +162,8 @@ def fit(
         theta0 = np.asarray(start, dtype=float)
         if theta0.shape != lower.shape:
             raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
+    elif deviance.single_factor:
+        theta0 = moment_start(deviance.stats, [(t.columns, t.structure) for t in design.blocks[0].terms], theta0)
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
     report = minimize_deviance(
         deviance, theta0, lower, upper, max_iterations=max_iterations, value_and_gradient=gradient

@@ -534,6 +534,7 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     from .model import _check_method, warn_fit_problems
     from .optimize import minimize_deviance
     from .results import MixedResults
+    from .start import moment_start
 
     reml = _check_method(method)
     blocks = _make_blocks(
@@ -550,6 +551,9 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     # restores its own transform before it reads them (see ProfiledDeviance.use_columns).
     deviance = ProfiledDeviance(reduced.stats, factors, reml, column_transforms=transforms)
     start = np.concatenate([t.structure.start() for b in blocks for t in b.terms])
+    if deviance.single_factor:
+        deviance.use_columns()
+        start = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], start)
     lower = np.concatenate([t.structure.lower_bounds() for b in blocks for t in b.terms])
     upper = np.concatenate([t.structure.upper_bounds() for b in blocks for t in b.terms])
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
