@@ -153,3 +153,14 @@ def test_duplicated_rows_are_used_as_given():
     twice = mixedfx.fit("y ~ x + (1 | g)", pd.concat([data, data]))
     assert twice.nobs == 2 * once.nobs
     np.testing.assert_allclose(twice.fixef, once.fixef, rtol=0.2)
+
+
+def test_level_labels_are_formatted_on_first_use_like_r():
+    from mixedfx.design import LevelLabels
+
+    labels = LevelLabels(np.array([3.0, 10.0, 2.5]))
+    assert len(labels) == 3 and labels._labels is None  # nothing formatted yet
+    assert list(labels) == ["3", "10", "2.5"]
+    assert labels.index("10") == 1 and "2.5" in labels and labels == ["3", "10", "2.5"]
+    assert list(LevelLabels(np.array([7, 1]))) == ["7", "1"]
+    assert list(LevelLabels(np.array(["b", "a"], dtype=object))) == ["b", "a"]

@@ -67,6 +67,8 @@ def _data(seed=0):
         ("y ~ x + (1 + x | a)", None),
         ("y ~ x + t + (1 | a) + (0 + x | a)", None),
         ("y ~ x + (1 | a) + (1 + x | c)", None),
+        ("y ~ x + (1 | a) + (1 | c)", None),  # scalar crossed factors: the precomputed fill pattern
+        ("y ~ x + (1 | a) + (1 | c) + (1 | b)", "w"),  # two factors beyond the first
         ("y ~ x + (1 | a/b)", None),
         ("y ~ x + (1 + x | b) + (1 | klass)", None),  # outer factor with a random slope nesting klass
         ("y ~ x + (x || a) + (1 | c)", "w"),

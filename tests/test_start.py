@@ -1,0 +1,71 @@
+"""Moment starting values: close to the optimum when the data allow, the default otherwise."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixedfx
+from mixedfx.covariance import CovStructure
+from mixedfx.design import build_design
+from mixedfx.formula import parse_formula
+from mixedfx.model import build_deviance, theta_bounds
+from mixedfx.start import moment_start
+
+
+def _growth(n_groups: int, per_group: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per_group)
+    t = rng.uniform(0, 5, g.size)
+    b = rng.multivariate_normal([0, 0], [[1.0, 0.2], [0.2, 0.25]], n_groups)
+    y = 2 + 0.5 * t + b[g, 0] + b[g, 1] * t + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "t": t, "g": g})
+
+
+def _start_and_optimum(data: pd.DataFrame, formula: str, covariance=None):
+    design = build_design(parse_formula(formula), data, covariance=covariance)
+    deviance, _ = build_deviance(design, reml=True)
+    default = theta_bounds(design)[0]
+    start = moment_start(deviance.stats, [(t.columns, t.structure) for t in design.blocks[0].terms], default)
+    fit = mixedfx.fit(formula, data, covariance=covariance)
+    return start, default, fit.theta_engine
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "independent", "exchangeable", "identity"])
+def test_moment_start_is_near_the_optimum_for_every_structure(structure):
+    start, default, optimum = _start_and_optimum(_growth(400, 8), "y ~ t + (1 + t | g)", {"g": structure})
+    assert start.shape == default.shape
+    # identity and exchangeable misspecify G = diag(1, 0.25): the moments are then a rougher guess
+    tolerance = 0.1 if structure in ("unstructured", "independent") else 0.25
+    assert np.abs(start - optimum).max() < tolerance * max(1.0, np.abs(optimum).max())
+    assert np.abs(start - optimum).max() < np.abs(default - optimum).max()
+    lower = CovStructure(structure, 2).lower_bounds()
+    assert np.all(start >= lower)
+
+
+def test_random_intercept_start_is_the_anova_estimate():
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(300), 5)
+    data = pd.DataFrame({"y": rng.normal(size=300)[g] * 0.8 + rng.normal(size=g.size), "g": g})
+    start, _, optimum = _start_and_optimum(data, "y ~ 1 + (1 | g)")
+    assert start[0] == pytest.approx(optimum[0], rel=0.1)
+
+
+def test_too_few_usable_clusters_keep_the_default_start():
+    data = _growth(400, 8)
+    data = data[data["g"] < 6]  # six clusters: fewer than MIN_CLUSTERS
+    start, default, _ = _start_and_optimum(data, "y ~ t + (1 + t | g)")
+    np.testing.assert_array_equal(start, default)
+    # clusters with one row each cannot give a slope: only the others count, and there are none
+    single = _growth(400, 1)
+    single["g"] = np.arange(len(single)) // 2  # pairs: S_j of (1, t) is singular only when t repeats
+    design = build_design(parse_formula("y ~ t + (1 | g)"), single)
+    deviance, _ = build_deviance(design, reml=True)
+    assert np.all(np.isfinite(moment_start(deviance.stats, [(slice(0, 1), CovStructure("identity", 1))], np.ones(1))))
+
+
+def test_no_variance_between_clusters_starts_off_the_bound():
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(200), 6)
+    data = pd.DataFrame({"y": rng.normal(size=g.size), "g": g})  # no cluster effect at all
+    start, _, _ = _start_and_optimum(data, "y ~ 1 + (1 | g)")
+    assert start[0] >= 0.05  # a zero start would be a stationary point of the deviance

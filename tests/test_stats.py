@@ -1,0 +1,61 @@
+"""Sufficient statistics: the sparse-indicator reduction, standardisation and in-place transforms."""
+
+import numpy as np
+import pytest
+
+from mixedfx.stats import (
+    compute_stats,
+    per_level_crossproducts,
+    set_column_transforms,
+    stacked_xy,
+    standardise,
+)
+
+
+def _rows(n=200, m=17, q=2, p=3, seed=0, shuffle=False):
+    rng = np.random.default_rng(seed)
+    codes = np.sort(rng.integers(0, m, n))
+    codes[:m] = np.arange(m)  # every level present
+    codes.sort()
+    if shuffle:
+        codes = rng.permutation(codes)
+    Z = np.column_stack([np.ones(n)] + [rng.normal(size=n) for _ in range(q - 1)])
+    X = np.column_stack([np.ones(n)] + [rng.normal(size=n) for _ in range(p - 1)])
+    return codes, m, np.asfortranarray(Z), X, rng.normal(size=n)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_crossproducts_equal_explicit_sums(shuffle):
+    codes, m, Z, X, y = _rows(shuffle=shuffle)
+    ZtZ, ZtW = per_level_crossproducts(codes, m, Z, X, y)
+    W = np.column_stack([X, y])
+    for j in (0, 5, m - 1):
+        rows = codes == j
+        np.testing.assert_allclose(ZtZ[:, :, j], Z[rows].T @ Z[rows], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(ZtW[:, :, j], Z[rows].T @ W[rows], rtol=1e-12, atol=1e-12)
+
+
+def test_standardise_writes_one_buffer_the_reduction_reuses():
+    _, _, _, X, y = _rows()
+    X[:, 1] = X[:, 1] * 1e3 + 2e6  # calendar-year-like column
+    Xs, ys, scaling = standardise(X, y)
+    W = stacked_xy(Xs, ys)
+    assert Xs.base is W and ys.base is W  # no copy
+    np.testing.assert_allclose(Xs, X @ scaling.T, atol=1e-9)
+    np.testing.assert_allclose(Xs[:, 1:].mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.sqrt((Xs[:, 1:] ** 2).mean(axis=0)), 1.0)
+    assert stacked_xy(X, y) is not X  # unrelated arrays are stacked into a new buffer
+
+
+def test_in_place_transforms_equal_statistics_of_transformed_columns():
+    codes, m, Z, X, y = _rows(q=3)
+    stats = compute_stats([codes], [Z], [m], X, y, None)
+    rng = np.random.default_rng(2)
+    T1 = np.triu(rng.normal(size=(3, 3))) + 3 * np.eye(3)
+    T2 = np.triu(rng.normal(size=(3, 3))) + 3 * np.eye(3)
+    for T in (T1, T2, np.eye(3)):  # from raw to T1, then relative moves
+        set_column_transforms(stats, [T])
+        direct = compute_stats([codes], [np.asfortranarray(Z @ T)], [m], X, y, None)
+        np.testing.assert_allclose(stats.first_ZtZ, direct.first_ZtZ, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(stats.first_ZtX, direct.first_ZtX, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(stats.first_Zty, direct.first_Zty, rtol=1e-10, atol=1e-10)
