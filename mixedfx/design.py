@@ -307,15 +307,85 @@ def factor_labels(data: pd.DataFrame, factor: tuple[str, ...]) -> np.ndarray:
 def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarray, Sequence[str]]:
     """Integer codes and labels of a (possibly interaction) grouping factor."""
     if len(factor) == 1:
-        codes, uniques = pd.factorize(data[factor[0]], sort=True)
+        column = data[factor[0]]
+        values = column.to_numpy() if pd.api.types.is_numeric_dtype(column) else None
+        if values is not None and values.dtype.kind in "iuf" and values.size and np.all(values[1:] >= values[:-1]):
+            # Rows sorted by a numeric cluster id (the usual layout): levels where the value changes.
+            change = np.empty(values.size, dtype=bool)
+            change[0] = True
+            np.not_equal(values[1:], values[:-1], out=change[1:])
+            return np.cumsum(change) - 1, LevelLabels(values[change])
+        codes, uniques = pd.factorize(column, sort=True)
         return codes.astype(np.int64), LevelLabels(uniques)
     codes, uniques = pd.factorize(factor_labels(data, factor), sort=True)
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 
+#: From this many rows on, formulas of plain numeric columns are built without formulaic's
+#: DataFrame (formulaic still parses them, on the first rows, and checks the result).
+DIRECT_ROWS = 50_000
+
+
+def _plain_numeric_layout(spec, data: pd.DataFrame) -> list[list[str]] | None:
+    """Per column of a formulaic spec, the numeric data columns whose product it is ([] for the
+    intercept), or None if some column is anything else (a factor, a transformation)."""
+    layout = []
+    for term in spec.terms:
+        names = []
+        for factor in term.factors:
+            method = getattr(factor.eval_method, "value", factor.eval_method)
+            if method == "literal" and factor.expr == "1":
+                continue
+            if method != "lookup" or factor.expr not in data.columns:
+                return None
+            column = data[factor.expr]
+            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+                return None
+            names.append(factor.expr)
+        layout.append(names)
+    return layout if len(layout) == len(spec.column_names) else None
+
+
+def _direct_matrix(layout: list[list[str]], data: pd.DataFrame) -> np.ndarray:
+    """Column-major matrix of products of numeric data columns (see :func:`_plain_numeric_layout`)."""
+    out = np.empty((len(data), len(layout)), order="F")
+    for k, names in enumerate(layout):
+        if not names:
+            out[:, k] = 1.0
+            continue
+        out[:, k] = data[names[0]].to_numpy(dtype=float)
+        for name in names[1:]:
+            out[:, k] *= data[name].to_numpy(dtype=float)
+    return out
+
+
+def _direct_model_matrices(formula: str, data: pd.DataFrame):
+    """``(lhs, rhs, rhs spec, rhs names)`` built directly for plain numeric formulas on many rows, else None."""
+    if len(data) < DIRECT_ROWS:
+        return None
+    head = data.iloc[:100]
+    matrices = model_matrix(formula, head, na_action="raise")
+    lhs_mm, rhs_mm = (matrices.lhs, matrices.rhs) if hasattr(matrices, "rhs") else (None, matrices)
+    layouts = [None if mm is None else _plain_numeric_layout(mm.model_spec, data) for mm in (lhs_mm, rhs_mm)]
+    if layouts[1] is None or (lhs_mm is not None and layouts[0] is None):
+        return None
+    rhs = _direct_matrix(layouts[1], data)
+    lhs = None if lhs_mm is None else _direct_matrix(layouts[0], data)
+    same = np.array_equal(rhs[: len(head)], np.asarray(rhs_mm, dtype=float)) and (
+        lhs is None or np.array_equal(lhs[: len(head)], np.asarray(lhs_mm, dtype=float))
+    )
+    if not same:  # formulaic would build something else: let it
+        return None
+    return lhs, rhs, rhs_mm.model_spec, [str(c) for c in rhs_mm.columns]
+
+
 def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str], object]:
     """Response vector, fixed-effects matrix, its lme4 column names and formulaic spec."""
     try:
+        direct = _direct_model_matrices(parsed.fixed_formula, data)
+        if direct is not None and direct[0] is not None and direct[0].shape[1] == 1:
+            lhs, X, spec, names = direct
+            return lhs[:, 0].copy(), X, [lme4_name(c) for c in names], spec
         matrices = model_matrix(parsed.fixed_formula, data, na_action="raise")
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed_formula}': {exc}") from exc
@@ -378,6 +448,12 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
 def _term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list[str], object]:
     """Columns of a random term's expression (``1 + x`` etc.) and their lme4 names."""
     try:
+        direct = _direct_model_matrices(term.expr, data)
+        if direct is not None:
+            _, Z, spec, names = direct
+            if Z.shape[1] == 0:
+                raise FormulaError(f"Random term ({term.expr} | {term.group_name}) has no columns.")
+            return Z, [lme4_name(c) for c in names], spec
         mm = model_matrix(term.expr, data, na_action="raise")
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build random term ({term.expr} | {term.group_name}): {exc}") from exc

@@ -164,3 +164,41 @@ def test_level_labels_are_formatted_on_first_use_like_r():
     assert labels.index("10") == 1 and "2.5" in labels and labels == ["3", "10", "2.5"]
     assert list(LevelLabels(np.array([7, 1]))) == ["7", "1"]
     assert list(LevelLabels(np.array(["b", "a"], dtype=object))) == ["b", "a"]
+
+
+def test_direct_numeric_matrices_equal_formulaic(monkeypatch):
+    import mixedfx.design as design_module
+
+    rng = np.random.default_rng(4)
+    n = 600
+    data = pd.DataFrame(
+        {
+            "y": rng.normal(size=n),
+            "x": rng.normal(size=n),
+            "z": rng.integers(0, 5, n),  # integer column
+            "s": rng.choice(["a", "b"], n),  # categorical: formulaic builds the fixed part
+            "g": np.repeat(np.arange(60), 10),
+        }
+    )
+    formulas = ["y ~ x * z + (1 + x | g)", "y ~ x + s + (1 + z | g)", "y ~ 0 + x + (0 + x | g)"]
+    for formula in formulas:
+        monkeypatch.setattr(design_module, "DIRECT_ROWS", 10**9)
+        reference = build_design(parse_formula(formula), data)
+        monkeypatch.setattr(design_module, "DIRECT_ROWS", 100)
+        direct = build_design(parse_formula(formula), data)
+        assert direct.fixed_names == reference.fixed_names
+        np.testing.assert_array_equal(direct.X, reference.X)
+        np.testing.assert_array_equal(direct.y, reference.y)
+        np.testing.assert_array_equal(direct.blocks[0].Z, reference.blocks[0].Z)
+        assert direct.blocks[0].names == reference.blocks[0].names
+
+
+def test_sorted_numeric_groups_are_coded_like_factorize():
+    from mixedfx.design import _group_codes
+
+    for values in ([1, 1, 4, 4, 4, 9], [0.5, 0.5, 2.0, 3.0], [3, 1, 1, 2]):
+        frame = pd.DataFrame({"g": values})
+        codes, labels = _group_codes(frame, ("g",))
+        expected, uniques = pd.factorize(frame["g"], sort=True)
+        np.testing.assert_array_equal(codes, expected)
+        assert list(labels) == [mixedfx.design._level_label(u) for u in uniques]
