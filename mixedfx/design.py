@@ -499,14 +499,21 @@ def _build_blocks(
 
 def _warn_constant_slopes(block: ReBlock) -> None:
     """Warn when a random slope does not vary within any cluster (it then only shifts the intercept)."""
-    counts = np.bincount(block.codes, minlength=block.n_levels)
     intercept = any(np.all(block.Z[:, k] == 1.0) for k in range(block.q))
+    codes = block.codes
+    starts = None
+    if codes.size and np.all(codes[1:] >= codes[:-1]):  # rows grouped by cluster: per-cluster ranges
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     for k, name in enumerate(block.names):
         col = block.Z[:, k]
         if not intercept or np.all(col == 1.0):
             continue
-        means = np.bincount(block.codes, weights=col, minlength=block.n_levels) / np.maximum(counts, 1)
-        spread = np.abs(col - means[block.codes]).max()
+        if starts is not None:
+            spread = (np.maximum.reduceat(col, starts) - np.minimum.reduceat(col, starts)).max()
+        else:
+            counts = np.bincount(codes, minlength=block.n_levels)
+            means = np.bincount(codes, weights=col, minlength=block.n_levels) / np.maximum(counts, 1)
+            spread = np.abs(col - means[codes]).max()
         if spread <= 1e-12 * max(np.abs(col).max(), 1.0):
             warnings.warn(
                 f"The random slope of {name!r} on {block.name!r} is constant within every cluster: it is "

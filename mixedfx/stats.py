@@ -66,13 +66,17 @@ def _constant_column(X: np.ndarray) -> tuple[int | None, float]:
     return None, 1.0
 
 
-def _centre_and_scale(values: np.ndarray, out: np.ndarray, centre: bool) -> tuple[float, float]:
-    """Write ``(values - shift) / scale`` into ``out``; shift is the mean (if ``centre``), scale the RMS after it."""
+def _centre_and_scale(values: np.ndarray, out: np.ndarray, centre: bool, work: np.ndarray) -> tuple[float, float]:
+    """Write ``(values - shift) / scale`` into ``out``; shift is the mean (if ``centre``), scale the RMS after it.
+
+    The arithmetic runs on the contiguous ``work`` buffer; ``out`` (a strided column of the
+    row-major ``[X y]``) is written once.
+    """
     shift = float(values.mean()) if centre else 0.0
-    np.subtract(values, shift, out=out)
-    scale = float(np.sqrt(np.einsum("i,i->", out, out) / max(out.size, 1)))
+    np.subtract(values, shift, out=work)
+    scale = float(np.sqrt(np.dot(work, work) / max(work.size, 1)))
     scale = scale if scale > 0 and np.isfinite(scale) else 1.0
-    out *= 1.0 / scale
+    np.multiply(work, 1.0 / scale, out=out)
     return shift, scale
 
 
@@ -88,15 +92,16 @@ def standardise(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, S
     T = np.eye(p)
     intercept, value = _constant_column(X)
     W = np.empty((n, p + 1))
+    work = np.empty(n)
     for j in range(p):
         if j == intercept:
             W[:, j] = X[:, j]
             continue
-        shift, scale = _centre_and_scale(X[:, j], W[:, j], intercept is not None)
+        shift, scale = _centre_and_scale(X[:, j], W[:, j], intercept is not None, work)
         T[j, j] = 1.0 / scale
         if intercept is not None:
             T[intercept, j] = -shift / (scale * value)
-    y_shift, y_scale = _centre_and_scale(y, W[:, p], intercept is not None)
+    y_shift, y_scale = _centre_and_scale(y, W[:, p], intercept is not None, work)
     return W[:, :p], W[:, p], Scaling(T, y_shift, y_scale, intercept, value)
 
 
