@@ -1,6 +1,7 @@
 """The optimiser wrapper: revisited points are not re-evaluated; tolerances scale with the deviance."""
 
 import numpy as np
+import pytest
 
 from mixedfx.optimize import GRADIENT_TOLERANCE, gradient_tolerance, minimize_deviance
 
@@ -36,3 +37,21 @@ def test_gradient_tolerance_grows_with_the_deviance():
     assert gradient_tolerance(10.0) == GRADIENT_TOLERANCE
     assert gradient_tolerance(1e6) > gradient_tolerance(1e4) > gradient_tolerance(10.0)
     assert gradient_tolerance(1e6) == max(GRADIENT_TOLERANCE * 100, 5e-7 * 1e6)
+
+
+def test_large_deviance_near_a_bound_is_still_minimised():
+    """L-BFGS-B caps a bounded parameter's projected gradient by its distance to the bound; a
+    tolerance scaled to a deviance of 10^7 must not end the search at the start (it once did)."""
+
+    def value_and_gradient(x):
+        return float(8.5e6 + 1e7 * (x[0] - 1.0) ** 2), np.array([2e7 * (x[0] - 1.0)])
+
+    report = minimize_deviance(
+        lambda x: value_and_gradient(x)[0],
+        np.array([1.0022]),
+        np.zeros(1),
+        np.full(1, np.inf),
+        value_and_gradient=value_and_gradient,
+    )
+    assert report.converged
+    assert report.theta[0] == pytest.approx(1.0, abs=1e-6)
