@@ -118,7 +118,8 @@ def fit(
     missing:
         ``"drop"`` (listwise deletion, reported) or ``"raise"``.
     start:
-        starting values of theta (default: relative covariance factor = identity).
+        starting values of theta (default: for one grouping factor the moment estimate of
+        :mod:`mixedfx.start`, otherwise relative covariance factor = identity, as lme4).
     max_iterations:
         iteration limit of the optimiser; a fit that reaches it is reported as not converged.
     engine:

@@ -1,8 +1,11 @@
 """Bounded minimisation of the profiled deviance over the covariance parameters ``theta``.
 
-L-BFGS-B (scipy) with central-difference gradients (one-sided at an active bound), then a
-check of the projected gradient at the optimum, as lme4's ``checkConv`` does.  Failures
-are reported, never hidden: the result says whether it converged and why not.
+L-BFGS-B (scipy) with the analytic gradient where the likelihood has one (one grouping
+factor) and forward differences otherwise; it stops once the projected gradient is below
+the deviance's rounding noise (:func:`gradient_tolerance`).  The optimum is then checked
+(central differences for the numerical case, one-sided at an active bound), as lme4's
+``checkConv`` does.  Failures are reported, never hidden: the result says whether it
+converged and why not.
 """
 
 from __future__ import annotations
