@@ -40,7 +40,7 @@ def column_moments(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     exactly mean 1 and SD 0.
     """
     n = Z.shape[0]
-    mean = (Z.T @ np.ones(n)) / n
+    mean = Z.sum(axis=0) / n if Z.flags.f_contiguous else (Z.T @ np.ones(n)) / n
     second = np.einsum("ij,ij->j", Z, Z) / n
     var = second - mean**2
     for k in np.flatnonzero(var <= 1e-6 * second):
@@ -385,7 +385,7 @@ def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarr
         direct = _direct_model_matrices(parsed.fixed_formula, data)
         if direct is not None and direct[0] is not None and direct[0].shape[1] == 1:
             lhs, X, spec, names = direct
-            return lhs[:, 0].copy(), X, [lme4_name(c) for c in names], spec
+            return lhs[:, 0], X, [lme4_name(c) for c in names], spec
         matrices = model_matrix(parsed.fixed_formula, data, na_action="raise")
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed_formula}': {exc}") from exc
@@ -487,7 +487,7 @@ def _build_blocks(
             block = ReBlock(term.group_name, term.factor, codes, levels, np.empty((nobs, 0)))
             blocks[term.group_name] = block
         start = block.q
-        block.Z = np.hstack([block.Z, Z])
+        block.Z = Z if start == 0 else np.hstack([block.Z, Z])  # no copy for a block's first term
         structure = _resolve_structure(term, Z.shape[1], covariance)
         block.terms.append(ReTerm(term.expr, names, structure, slice(start, start + Z.shape[1]), spec))
     ordered = sorted(blocks.values(), key=lambda b: -b.n_levels)  # lme4's order: most levels first
