@@ -74,37 +74,46 @@ def moment_start(stats: SufficientStats, terms: list[tuple[slice, CovStructure]]
     return theta
 
 
+#: Clusters per chunk of the moment computation (bounds its temporaries for 10^7 clusters).
+CHUNK = 100_000
+
+
+def _cluster_moments(S: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Over the well-conditioned clusters of a chunk: count, sum b_j, sum b_j b_j', sum S_j^{-1}, sum g_j'b_j."""
+    L = batched.cholesky(S)
+    ok = _well_conditioned(L, S)
+    L, g = L[:, :, ok], g[:, ok]
+    b = batched.solve_upper_from_lower(L, batched.solve_lower(L, g))  # S_j^{-1} g_j
+    inverse_sum = batched.inverse_from_cholesky(L).sum(axis=2)
+    return int(ok.sum()), b.sum(axis=1), b @ b.T, inverse_sum, float(np.einsum("am,am->", b, g))
+
+
 def _moment_theta(stats: SufficientStats, terms: list[tuple[slice, CovStructure]]) -> np.ndarray | None:
-    q, p, n = stats.first_q, stats.p, stats.n
+    q, p, n, m = stats.first_q, stats.p, stats.n, stats.n_first_levels
     try:
         beta = np.linalg.solve(stats.XtX, stats.Xty)
     except np.linalg.LinAlgError:
         return None
     v = np.append(-beta, 1.0)
-    ZtW = (
-        stats.first_ZtW
-        if stats.first_ZtW is not None
-        else np.concatenate([stats.first_ZtX, stats.first_Zty[:, None]], axis=1)
-    )
-    g = np.stack([v @ ZtW[a] for a in range(q)])  # Z_j'(y_j - X_j beta0)
-    S = stats.first_ZtZ
-    L = batched.cholesky(S)
-    ok = _well_conditioned(L, S)
-    m_ok = int(ok.sum())
-    if m_ok < max(MIN_CLUSTERS, 2 * q):
+    count, b_sum, bb_sum, inverse_sum, between = 0, np.zeros(q), np.zeros((q, q)), np.zeros((q, q)), 0.0
+    for start in range(0, m, CHUNK):
+        sl = slice(start, min(start + CHUNK, m))
+        if stats.first_ZtW is not None:
+            g = np.stack([v @ stats.first_ZtW[a, :, sl] for a in range(q)])  # Z_j'(y_j - X_j beta0)
+        else:
+            g = np.stack([v[:p] @ stats.first_ZtX[a, :, sl] + stats.first_Zty[a, sl] for a in range(q)])
+        c, bs, bb, inv, btw = _cluster_moments(np.ascontiguousarray(stats.first_ZtZ[:, :, sl]), g)
+        count, between = count + c, between + btw
+        b_sum, bb_sum, inverse_sum = b_sum + bs, bb_sum + bb, inverse_sum + inv
+    if count < max(MIN_CLUSTERS, 2 * q) or n - p - q * count <= 0:
         return None
-    L, g_ok = L[:, :, ok], g[:, ok]
-    b = batched.solve_upper_from_lower(L, batched.solve_lower(L, g_ok))  # S_j^{-1} g_j
     rss = float(v @ (np.block([[stats.XtX, stats.Xty[:, None]], [stats.Xty[None, :], stats.yty]]) @ v))
-    within_dof = n - p - q * m_ok
-    if within_dof <= 0:
-        return None
-    sigma2 = (rss - float(np.einsum("am,am->", b, g_ok))) / within_dof
+    sigma2 = (rss - between) / (n - p - q * count)
     if not sigma2 > 0:
         return None
-    mean_inverse = batched.inverse_from_cholesky(L).mean(axis=2)
-    G = np.cov(b) if q > 1 else np.atleast_2d(np.var(b, ddof=1))
-    Gr = (np.atleast_2d(G) - sigma2 * mean_inverse) / sigma2
+    mean_b = b_sum / count
+    G = (bb_sum - count * np.outer(mean_b, mean_b)) / (count - 1)  # covariance of the b_j
+    Gr = (G - sigma2 * inverse_sum / count) / sigma2
     thetas = []
     for columns, structure in terms:
         block = _psd(_project(Gr[columns, columns], structure), MIN_RELATIVE_SD**2)

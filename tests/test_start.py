@@ -69,3 +69,15 @@ def test_no_variance_between_clusters_starts_off_the_bound():
     data = pd.DataFrame({"y": rng.normal(size=g.size), "g": g})  # no cluster effect at all
     start, _, _ = _start_and_optimum(data, "y ~ 1 + (1 | g)")
     assert start[0] >= 0.05  # a zero start would be a stationary point of the deviance
+
+
+def test_moments_in_chunks_equal_one_pass(monkeypatch):
+    import mixedfx.start as start_module
+
+    data = _growth(300, 6)
+    design = build_design(parse_formula("y ~ t + (1 + t | g)"), data)
+    deviance, _ = build_deviance(design, reml=True)
+    terms = [(t.columns, t.structure) for t in design.blocks[0].terms]
+    whole = moment_start(deviance.stats, terms, np.zeros(3))
+    monkeypatch.setattr(start_module, "CHUNK", 7)
+    np.testing.assert_allclose(moment_start(deviance.stats, terms, np.zeros(3)), whole, rtol=1e-10)
