@@ -112,9 +112,10 @@ class ProfiledDeviance:
         self._nested = self._detect_nesting()
         # With scalar random effects everywhere, L21 is Z2'Z1 with scaled rows and columns.
         self._all_scalar = q1 == 1 and all(q == 1 for q, _ in s.rest_sizes)
-        self._Z21_rows = np.repeat(np.arange(s.rest_Z1.shape[0]), np.diff(s.rest_Z1.indptr))
-        if self._all_scalar and not self._nested:
-            self._prepare_fill_pairs()
+        if self._all_scalar:
+            self._Z21_rows = np.repeat(np.arange(s.rest_Z1.shape[0]), np.diff(s.rest_Z1.indptr))
+            if not self._nested:
+                self._prepare_fill_pairs()
 
     def _prepare_fill_pairs(self) -> None:
         """Symbolic part of ``L21 L21'`` for scalar random effects (computed once).
@@ -182,8 +183,6 @@ class ProfiledDeviance:
         WtW[: s.p, s.p] = WtW[s.p, : s.p] = s.Xty
         WtW[s.p, s.p] = s.yty
         self._WtW = WtW
-        q, m = s.first_q, s.n_first_levels
-        self._S_flat = np.ascontiguousarray(s.first_ZtZ.reshape(q * q, m))
 
     def use_columns(self) -> None:
         """Put the (possibly shared) statistics in this deviance's column transforms, if they are not."""
@@ -418,9 +417,9 @@ class ProfiledDeviance:
             logdet += logdet_rest
         p = s.p
         if p:
-            RX = la.cholesky(M, lower=True, check_finite=False)
-            cb = la.solve_triangular(RX, rhs, lower=True, check_finite=False)
-            beta = la.solve_triangular(RX, cb, lower=True, trans="T", check_finite=False)
+            RX = la.cholesky(M, lower=True)  # checks finiteness: a NaN deviance must become an error
+            cb = la.solve_triangular(RX, rhs, lower=True)
+            beta = la.solve_triangular(RX, cb, lower=True, trans="T")
             r2 -= float(cb @ cb)
             logdet_x = 2.0 * float(np.log(np.diag(RX)).sum())
         else:
