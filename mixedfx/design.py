@@ -18,6 +18,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -193,10 +194,16 @@ def lme4_name(name: str) -> str:
     return re.sub(r"\[([^\]]*)\]", r"\1", name)
 
 
+@lru_cache(maxsize=256)
+def parsed_formula(expr: str) -> Formula:
+    """formulaic's parse of a formula string, cached (parsing costs milliseconds; fits reuse it)."""
+    return Formula(expr)
+
+
 def _required_variables(expr: str, where: str) -> set[str]:
     """Variables an expression uses, according to formulaic (raises FormulaError if it cannot parse)."""
     try:
-        return {str(v) for v in Formula(expr).required_variables}
+        return {str(v) for v in parsed_formula(expr).required_variables}
     except (FormulaicError, SyntaxError, ValueError) as exc:
         raise FormulaError(f"Cannot parse {where} {expr!r}: {exc}") from exc
 
@@ -364,7 +371,7 @@ def _direct_model_matrices(formula: str, data: pd.DataFrame):
     if len(data) < DIRECT_ROWS:
         return None
     head = data.iloc[:100]
-    matrices = model_matrix(formula, head, na_action="raise")
+    matrices = model_matrix(parsed_formula(formula), head, na_action="raise")
     lhs_mm, rhs_mm = (matrices.lhs, matrices.rhs) if hasattr(matrices, "rhs") else (None, matrices)
     layouts = [None if mm is None else _plain_numeric_layout(mm.model_spec, data) for mm in (lhs_mm, rhs_mm)]
     if layouts[1] is None or (lhs_mm is not None and layouts[0] is None):
@@ -386,7 +393,7 @@ def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarr
         if direct is not None and direct[0] is not None and direct[0].shape[1] == 1:
             lhs, X, spec, names = direct
             return lhs[:, 0], X, [lme4_name(c) for c in names], spec
-        matrices = model_matrix(parsed.fixed_formula, data, na_action="raise")
+        matrices = model_matrix(parsed_formula(parsed.fixed_formula), data, na_action="raise")
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed_formula}': {exc}") from exc
     lhs = matrices.lhs
@@ -454,7 +461,7 @@ def _term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, lis
             if Z.shape[1] == 0:
                 raise FormulaError(f"Random term ({term.expr} | {term.group_name}) has no columns.")
             return Z, [lme4_name(c) for c in names], spec
-        mm = model_matrix(term.expr, data, na_action="raise")
+        mm = model_matrix(parsed_formula(term.expr), data, na_action="raise")
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build random term ({term.expr} | {term.group_name}): {exc}") from exc
     Z = np.asarray(mm, dtype=float)
