@@ -703,55 +703,70 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     if weights and weights not in columns:
         raise DataError(f"Unknown weights column {weights!r}.{suggest(weights, columns)}")
     complete = " AND ".join(f"{_quote(v)} IS NOT NULL" for v in used)
-    # pass 1: counts and the levels of categorical variables
-    total, nobs = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {complete}) FROM {src}").fetchone()
-    if nobs == 0:
-        raise DataError("No complete rows in the data.")
     categorical = [
         v
         for v in variables
         if not any(t in types[v] for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "BOOLEAN", "REAL", "NUMERIC"))
     ]
     levels = {}
-    for v in categorical:
+    for v in categorical:  # one pass per categorical variable: its levels
         rows = con.execute(f"SELECT DISTINCT {_quote(v)} FROM {src} WHERE {complete} ORDER BY 1").fetchall()
         levels[v] = [r[0] for r in rows]
     prototype = con.execute(f"SELECT {', '.join(_quote(v) for v in used)} FROM {src} WHERE {complete} LIMIT 2000").df()
+    if prototype.empty:
+        raise DataError("No complete rows in the data.")
     plan = plan_columns(parsed, prototype, levels)
     fixed_sql = [_column_sql(n, columns) for n in _formulaic_names(plan.fixed_spec)]
     z_sql = [_column_sql(n, columns) for *_, spec in plan.terms for n in _formulaic_names(spec)]
     y_sql = _numeric_sql(plan.response, columns)
     _verify_sql(con, plan, prototype, fixed_sql, z_sql, y_sql)
     w_sql = f"CAST({_quote(weights)} AS DOUBLE)" if weights else _lit(1.0)
-    # pass 2: moments of every model column
-    every = fixed_sql + [y_sql] + z_sql
-    select = ", ".join([f"avg({e})" for e in every] + [f"stddev_pop({e})" for e in every])
-    row = np.array(con.execute(f"SELECT {select} FROM {src} WHERE {complete}").fetchone(), dtype=float)
-    k = len(every)
-    mean, sd = row[:k], np.nan_to_num(row[k:])
-    p = len(fixed_sql)
-    scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
-    xs = [f"({_affine_sql(fixed_sql, scaling.T[:, j])})" for j in range(p)]  # columns of X T
-    ys = f"(({y_sql}) - {_lit(scaling.y_shift)}) / {_lit(scaling.y_scale)}"
-    # pass 3: global and per-cluster cross-products
-    glob = [f"sum({w_sql} * {xs[i]} * {xs[j]})" for i in range(p) for j in range(p)]
-    glob += [f"sum({w_sql} * {xs[i]} * {ys})" for i in range(p)]
-    glob += [f"sum({w_sql} * {ys} * {ys})", f"sum(ln({w_sql}))"]
-    g = np.array(con.execute(f"SELECT {', '.join(glob)} FROM {src} WHERE {complete}").fetchone(), dtype=float)
-    XX, Xy, yy, slw = g[: p * p].reshape(p, p), g[p * p : p * p + p], g[p * p + p], g[p * p + p + 1]
-    Q = len(z_sql)
     key_exprs = {}
     for _, factor, *_ in plan.terms:
         name = ":".join(factor)
-        key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({_quote(f)} AS VARCHAR)" for f in factor) + ")"
-    distinct = {
-        n: con.execute(f"SELECT count(DISTINCT {e}) FROM {src} WHERE {complete}").fetchone()[0]
-        for n, e in key_exprs.items()
-    }
+        if len(factor) == 1 and _is_numeric_type(types[factor[0]]):
+            key_exprs[name] = _quote(factor[0])  # numbers come back as numbers, not 10^7 strings
+        else:
+            key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({_quote(f)} AS VARCHAR)" for f in factor) + ")"
+    p = len(fixed_sql)
+    # One pass for the counts, the moments of every model column, the global cross-products
+    # and the number of clusters; the cross-products are of columns centred on the means of
+    # a sample, so that calendar-year-like offsets cannot cancel digits (see _global_products).
+    shifts = _pilot_shifts(con, src, complete, fixed_sql + [y_sql])
+    centred = [e if c == 0.0 else f"(({e}) - {_lit(c)})" for e, c in zip(fixed_sql + [y_sql], shifts)]
+    every = fixed_sql + [y_sql] + z_sql
+    k = len(every)
+    aggregates = ["count(*)"] + [f"avg({e})" for e in every] + [f"stddev_pop({e})" for e in every]
+    aggregates += [f"sum({w_sql} * {centred[i]} * {centred[j]})" for i in range(p + 1) for j in range(i, p + 1)]
+    aggregates += [f"sum(ln({w_sql}))"] + [f"count(DISTINCT {e})" for e in key_exprs.values()]
+    row = con.execute(f"SELECT {', '.join(aggregates)} FROM {src} WHERE {complete}").fetchone()
+    nobs = int(row[0])
+    mean, sd = np.array(row[1 : 1 + k], dtype=float), np.nan_to_num(np.array(row[1 + k : 1 + 2 * k], dtype=float))
+    cross = np.zeros((p + 1, p + 1))
+    cross[np.triu_indices(p + 1)] = row[1 + 2 * k : 1 + 2 * k + (p + 1) * (p + 2) // 2]
+    cross = cross + np.triu(cross, 1).T
+    slw = float(row[-1 - len(key_exprs)])
+    distinct = dict(zip(key_exprs, row[len(row) - len(key_exprs) :]))
+    total = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # Parquet: from the metadata
+    scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
+    xs = [f"({_affine_sql(fixed_sql, scaling.T[:, j])})" for j in range(p)]  # columns of X T
+    ys = f"(({y_sql}) - {_lit(scaling.y_shift)}) / {_lit(scaling.y_scale)}"
+    products = _global_products(cross, shifts, mean, scaling)
+    if products is None:  # a sample-constant column that is not the intercept: sum the standardised columns
+        glob = [f"sum({w_sql} * {xs[i]} * {xs[j]})" for i in range(p) for j in range(p)]
+        glob += [f"sum({w_sql} * {xs[i]} * {ys})" for i in range(p)] + [f"sum({w_sql} * {ys} * {ys})"]
+        g = np.array(con.execute(f"SELECT {', '.join(glob)} FROM {src} WHERE {complete}").fetchone(), dtype=float)
+        products = np.zeros((p + 1, p + 1))
+        products[:p, :p] = g[: p * p].reshape(p, p)
+        products[:p, p] = products[p, :p] = g[p * p : p * p + p]
+        products[p, p] = g[-1]
+    XX, Xy, yy = products[:p, :p], products[:p, p], products[p, p]
+    Q = len(z_sql)
     order = sorted(key_exprs, key=lambda n: -distinct[n])
     inner = order[0]
-    if ":" not in inner and _is_numeric_type(types[inner]):  # numbers come back as numbers, not 10^7 strings
-        key_exprs[inner] = _quote(inner)
+    for name in order[1:]:  # outer keys come back as text (few levels)
+        factor = name.split(":")
+        key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({_quote(f)} AS VARCHAR)" for f in factor) + ")"
     parts = [f"{key_exprs[inner]} AS k0"]
     parts += [f"min({key_exprs[n]}) AS k{i}" for i, n in enumerate(order[1:], start=1)]
     parts += [f"count(DISTINCT {key_exprs[n]}) AS d{i}" for i, n in enumerate(order[1:], start=1)]
@@ -859,6 +874,46 @@ def _fetch_through_parquet(con, query: str, order: list[str], n_clusters: int, Q
         for i in range(1, n_outer + 1):
             keys[order[i]] = np.asarray(con.execute(f"SELECT k{i} FROM {source}").fetchnumpy()[f"k{i}"]).astype(str)
     return ClusterSums(keys, counts, ZZ, ZW[:, :p], ZW[:, p], None, None, 0.0, ZW=ZW)
+
+
+def _pilot_shifts(con, src: str, complete: str, exprs: list[str]) -> list[float]:
+    """Means of the columns on a sample of complete rows (0 for a column constant there, such as the
+    intercept), used to centre the global cross-products; all 0 when no column is constant."""
+    aggregates = [f"avg({e})" for e in exprs] + [f"min({e}) = max({e})" for e in exprs]
+    row = con.execute(
+        f"SELECT {', '.join(aggregates)} FROM (SELECT * FROM {src} WHERE {complete} LIMIT 2000)"
+    ).fetchone()
+    k = len(exprs)
+    means, constant = row[:k], row[k:]
+    if not any(constant[:-1]):  # no intercept-like column to absorb the shifts
+        return [0.0] * k
+    return [0.0 if flat else float(m) for m, flat in zip(means, constant)]
+
+
+def _global_products(cross: np.ndarray, shifts: list[float], mean: np.ndarray, scaling: Scaling) -> np.ndarray | None:
+    """``[X~ y~]'[X~ y~]`` (weighted) from the cross-products of ``[X y]`` centred on ``shifts``.
+
+    With an intercept column ``X_k = v`` (never shifted), ``X_j = X_j^c + c_j X_k / v``, so
+    ``[X~ y~] = [X^c y^c] N`` where N is the standardisation with the intercept row holding
+    ``(c_j - mean_j) / (s_j v)`` (and ``(c_y - y_shift) / (y_scale v)`` for y): both small,
+    computed from differences of nearby numbers.  None when the shifts cannot be absorbed
+    (a column was shifted but the model has no intercept).
+    """
+    p = scaling.T.shape[0]
+    N = np.zeros((p + 1, p + 1))
+    N[:p, :p] = scaling.T
+    N[p, p] = 1.0 / scaling.y_scale
+    k = scaling.intercept
+    if k is None:
+        return cross if not any(shifts) else None
+    if shifts[k] != 0.0:
+        return None
+    v = scaling.intercept_value
+    for j in range(p):
+        if j != k:
+            N[k, j] = (shifts[j] - mean[j]) * scaling.T[j, j] / v
+    N[k, p] = (shifts[p] - scaling.y_shift) / (scaling.y_scale * v)
+    return N.T @ cross @ N
 
 
 def _lit(value: float) -> str:

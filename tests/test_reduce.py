@@ -174,3 +174,18 @@ def test_unknown_variables_named_by_every_engine(exam_files):
         mixedfx.fit("gcse ~ lrt_grupc + (1 | school)", str(folder / "*.parquet"), engine="duckdb")
     with pytest.raises(DataError, match="Unknown variable 'schol'"):
         reduce_frame("gcse ~ lrt_groupc + (1 | schol)", exam)
+
+
+def test_duckdb_one_pass_moments_keep_precision_with_offsets_and_odd_columns(tmp_path):
+    """The global cross-products come from columns centred on a sample's means: a year-like
+    offset, a model without intercept and a column constant in the sample must all match."""
+    rng = np.random.default_rng(8)
+    n = 6000
+    g = np.repeat(np.arange(300), 20)
+    year = 2.0e6 + rng.normal(size=n)  # offset a million times the spread
+    late = np.where(np.arange(n) < 3000, 0.0, rng.normal(size=n))  # constant (0) in the sampled first rows
+    y = 1 + 0.3 * (year - 2.0e6) + 0.5 * late + rng.normal(size=300)[g] + rng.normal(size=n)
+    data = pd.DataFrame({"y": y, "year": year, "late": late, "g": g})
+    data.to_parquet(tmp_path / "d.parquet")
+    for formula in ("y ~ year + late + (1 | g)", "y ~ 0 + year + late + (1 | g)", "y ~ late + year + (1 + late | g)"):
+        _same(mixedfx.fit(formula, str(tmp_path / "d.parquet"), engine="duckdb"), mixedfx.fit(formula, data), rel=1e-7)
