@@ -729,24 +729,26 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
         else:
             key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({_quote(f)} AS VARCHAR)" for f in factor) + ")"
     p = len(fixed_sql)
-    # One pass for the counts, the moments of every model column, the global cross-products
-    # and the number of clusters; the cross-products are of columns centred on the means of
-    # a sample, so that calendar-year-like offsets cannot cancel digits (see _global_products).
+    # One pass for the count, the moments of every model column and the global cross-products
+    # (of columns centred on the means of a sample, so that calendar-year-like offsets cannot
+    # cancel digits: see _global_products), one for the numbers of clusters.
     shifts = _pilot_shifts(con, src, complete, fixed_sql + [y_sql])
     centred = [e if c == 0.0 else f"(({e}) - {_lit(c)})" for e, c in zip(fixed_sql + [y_sql], shifts)]
     every = fixed_sql + [y_sql] + z_sql
     k = len(every)
     aggregates = ["count(*)"] + [f"avg({e})" for e in every] + [f"stddev_pop({e})" for e in every]
     aggregates += [f"sum({w_sql} * {centred[i]} * {centred[j]})" for i in range(p + 1) for j in range(i, p + 1)]
-    aggregates += [f"sum(ln({w_sql}))"] + [f"count(DISTINCT {e})" for e in key_exprs.values()]
+    aggregates += [f"sum(ln({w_sql}))"]
     row = con.execute(f"SELECT {', '.join(aggregates)} FROM {src} WHERE {complete}").fetchone()
     nobs = int(row[0])
     mean, sd = np.array(row[1 : 1 + k], dtype=float), np.nan_to_num(np.array(row[1 + k : 1 + 2 * k], dtype=float))
     cross = np.zeros((p + 1, p + 1))
     cross[np.triu_indices(p + 1)] = row[1 + 2 * k : 1 + 2 * k + (p + 1) * (p + 2) // 2]
     cross = cross + np.triu(cross, 1).T
-    slw = float(row[-1 - len(key_exprs)])
-    distinct = dict(zip(key_exprs, row[len(row) - len(key_exprs) :]))
+    slw = float(row[-1])
+    # Cluster counts in a query of their own: DuckDB runs DISTINCT beside ~50 other aggregates slowly.
+    counted = ", ".join(f"count(DISTINCT {e})" for e in key_exprs.values())
+    distinct = dict(zip(key_exprs, con.execute(f"SELECT {counted} FROM {src} WHERE {complete}").fetchone()))
     total = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # Parquet: from the metadata
     scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
     xs = [f"({_affine_sql(fixed_sql, scaling.T[:, j])})" for j in range(p)]  # columns of X T
