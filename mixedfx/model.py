@@ -25,6 +25,9 @@ from .rside import parse_residuals
 from .start import moment_start
 from .stats import compute_stats, standardise
 
+#: First-step length of the optimiser (in theta units) from a moment start, which is close.
+MOMENT_START_STEP = 0.1
+
 
 def _check_method(method: str) -> bool:
     """True for REML, False for ML; raises on anything else."""
@@ -168,15 +171,23 @@ def fit(
     design = build_design(parsed, frame, weights=weights, covariance=covariance, missing=missing)
     deviance, scaling = build_deviance(design, reml)
     theta0, lower, upper = theta_bounds(design)
+    step_scale = 1.0
     if start is not None:
         theta0 = np.asarray(start, dtype=float)
         if theta0.shape != lower.shape:
             raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
     elif deviance.single_factor:
         theta0 = moment_start(deviance.stats, [(t.columns, t.structure) for t in design.blocks[0].terms], theta0)
+        step_scale = MOMENT_START_STEP
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
     report = minimize_deviance(
-        deviance, theta0, lower, upper, max_iterations=max_iterations, value_and_gradient=gradient
+        deviance,
+        theta0,
+        lower,
+        upper,
+        max_iterations=max_iterations,
+        value_and_gradient=gradient,
+        step_scale=step_scale,
     )
     result = MixedResults(design, deviance, scaling, report, reml)
     warn_fit_problems(result, stacklevel=3)

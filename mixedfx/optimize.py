@@ -178,11 +178,14 @@ def minimize_deviance(
     upper: np.ndarray,
     max_iterations: int = 1000,
     value_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
+    step_scale: float = 1.0,
 ) -> OptimumReport:
     """Minimise ``deviance`` over ``lower <= theta <= upper`` from ``start``.
 
     ``value_and_gradient``, when given, returns the deviance and its analytic gradient;
-    otherwise gradients are central differences of ``deviance``.
+    otherwise gradients are central differences of ``deviance``.  ``step_scale`` is the
+    length (in theta units) of the optimiser's first trial step: below 1 for a start that is
+    already close to the optimum.
     """
     counted = _Counter(deviance, value_and_gradient)
     lower = np.asarray(lower, dtype=float)
@@ -216,21 +219,33 @@ def minimize_deviance(
     gtol = 3e-7 * max(1.0, abs(f_start)) if np.isfinite(f_start) else 1e-7
 
     def stop_when_flat(intermediate_result) -> None:
-        x = np.asarray(intermediate_result.x, dtype=float)
+        x = step_scale * np.asarray(intermediate_result.x, dtype=float)
         grad = counted.gradient_at(x)
         if grad is not None and np.all(np.abs(projected_gradient(grad, x, lower, upper)) < gtol):
             raise StopIteration
 
+    # L-BFGS-B's first trial step has unit length; in units of step_scale it suits a start
+    # that is already close (its line search would otherwise spend evaluations coming back).
+    def scaled(u: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = fun(step_scale * np.asarray(u, dtype=float))
+        return f, step_scale * np.asarray(g, dtype=float)
+
+    scaled_bounds = [
+        (None if lo is None else lo / step_scale, None if hi is None else hi / step_scale) for lo, hi in bounds
+    ]
+
     def run(x0: np.ndarray):
-        return minimize(
-            fun,
-            x0,
+        result = minimize(
+            scaled,
+            x0 / step_scale,
             jac=True,
             method="L-BFGS-B",
-            bounds=bounds,
+            bounds=scaled_bounds,
             callback=stop_when_flat,
             options={"maxiter": max_iterations, "ftol": 1e-14, "gtol": 1e-10, "maxls": 20},
         )
+        result.x = step_scale * result.x
+        return result
 
     result = run(start)
     for _ in range(EDGE_RESTARTS):

@@ -531,7 +531,7 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     """Fit a model from a :class:`ReducedData` (no rows needed)."""
 
     from .likelihood import ProfiledDeviance
-    from .model import _check_method, warn_fit_problems
+    from .model import MOMENT_START_STEP, _check_method, warn_fit_problems
     from .optimize import minimize_deviance
     from .results import MixedResults
     from .start import moment_start
@@ -551,13 +551,15 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     # restores its own transform before it reads them (see ProfiledDeviance.use_columns).
     deviance = ProfiledDeviance(reduced.stats, factors, reml, column_transforms=transforms)
     start = np.concatenate([t.structure.start() for b in blocks for t in b.terms])
+    step_scale = 1.0
     if deviance.single_factor:
         deviance.use_columns()
         start = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], start)
+        step_scale = MOMENT_START_STEP
     lower = np.concatenate([t.structure.lower_bounds() for b in blocks for t in b.terms])
     upper = np.concatenate([t.structure.upper_bounds() for b in blocks for t in b.terms])
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
-    report = minimize_deviance(deviance, start, lower, upper, value_and_gradient=gradient)
+    report = minimize_deviance(deviance, start, lower, upper, value_and_gradient=gradient, step_scale=step_scale)
     design = Design(
         formula=reduced.formula,
         y=None,
