@@ -55,3 +55,22 @@ def test_large_deviance_near_a_bound_is_still_minimised():
     )
     assert report.converged
     assert report.theta[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_short_first_step_reaches_the_same_optimum_and_respects_bounds():
+    centre = np.array([0.7, -0.4])  # the second coordinate's optimum lies below its bound 0
+
+    def value_and_gradient(x):
+        return float(((x - centre) ** 2).sum() * 50 + 3), 100 * (x - centre)
+
+    for scale in (1.0, 0.1):
+        report = minimize_deviance(
+            lambda x: value_and_gradient(x)[0],
+            np.array([0.6, 0.2]),
+            np.zeros(2),
+            np.full(2, np.inf),
+            value_and_gradient=value_and_gradient,
+            step_scale=scale,
+        )
+        assert report.converged
+        np.testing.assert_allclose(report.theta, [0.7, 0.0], atol=1e-7)
