@@ -22,11 +22,8 @@ from .likelihood import ProfiledDeviance
 from .optimize import minimize_deviance
 from .results import MixedResults
 from .rside import parse_residuals
-from .start import moment_start
+from .start import starting_point
 from .stats import compute_stats, standardise
-
-#: First-step length of the optimiser (in theta units) from a moment start, which is close.
-MOMENT_START_STEP = 0.1
 
 
 def _check_method(method: str) -> bool:
@@ -176,9 +173,8 @@ def fit(
         theta0 = np.asarray(start, dtype=float)
         if theta0.shape != lower.shape:
             raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
-    elif deviance.single_factor:
-        theta0 = moment_start(deviance.stats, [(t.columns, t.structure) for t in design.blocks[0].terms], theta0)
-        step_scale = MOMENT_START_STEP
+    else:
+        theta0, step_scale = starting_point(deviance, design.blocks, theta0)
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
     report = minimize_deviance(
         deviance,

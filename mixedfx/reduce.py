@@ -531,10 +531,10 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     """Fit a model from a :class:`ReducedData` (no rows needed)."""
 
     from .likelihood import ProfiledDeviance
-    from .model import MOMENT_START_STEP, _check_method, warn_fit_problems
+    from .model import _check_method, warn_fit_problems
     from .optimize import minimize_deviance
     from .results import MixedResults
-    from .start import moment_start
+    from .start import starting_point
 
     reml = _check_method(method)
     blocks = _make_blocks(
@@ -551,11 +551,7 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     # restores its own transform before it reads them (see ProfiledDeviance.use_columns).
     deviance = ProfiledDeviance(reduced.stats, factors, reml, column_transforms=transforms)
     start = np.concatenate([t.structure.start() for b in blocks for t in b.terms])
-    step_scale = 1.0
-    if deviance.single_factor:
-        deviance.use_columns()
-        start = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], start)
-        step_scale = MOMENT_START_STEP
+    start, step_scale = starting_point(deviance, blocks, start)
     lower = np.concatenate([t.structure.lower_bounds() for b in blocks for t in b.terms])
     upper = np.concatenate([t.structure.upper_bounds() for b in blocks for t in b.terms])
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
@@ -705,11 +701,7 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     if weights and weights not in columns:
         raise DataError(f"Unknown weights column {weights!r}.{suggest(weights, columns)}")
     complete = " AND ".join(f"{_quote(v)} IS NOT NULL" for v in used)
-    categorical = [
-        v
-        for v in variables
-        if not any(t in types[v] for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "BOOLEAN", "REAL", "NUMERIC"))
-    ]
+    categorical = [v for v in variables if not (_is_numeric_type(types[v]) or "BOOLEAN" in types[v])]
     levels = {}
     for v in categorical:  # one pass per categorical variable: its levels
         rows = con.execute(f"SELECT DISTINCT {_quote(v)} FROM {src} WHERE {complete} ORDER BY 1").fetchall()

@@ -23,6 +23,9 @@ from . import batched
 from .covariance import CovStructure
 from .stats import SufficientStats
 
+#: First-step length of the optimiser (in theta units) from a moment start, which is close.
+MOMENT_START_STEP = 0.1
+
 #: Fewest clusters with a well-conditioned ``Z_j'Z_j`` for a moment start.
 MIN_CLUSTERS = 10
 
@@ -86,6 +89,18 @@ def _cluster_moments(S: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray, np.
     b = batched.solve_upper_from_lower(L, batched.solve_lower(L, g))  # S_j^{-1} g_j
     inverse_sum = batched.inverse_from_cholesky(L).sum(axis=2)
     return int(ok.sum()), b.sum(axis=1), b @ b.T, inverse_sum, float(np.einsum("am,am->", b, g))
+
+
+def starting_point(deviance, blocks: list, default: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(theta0, step_scale)`` for :func:`mixedfx.optimize.minimize_deviance`.
+
+    One grouping factor: the moment start and a short first step; otherwise ``default`` and 1.
+    """
+    if not deviance.single_factor:
+        return default, 1.0
+    deviance.use_columns()  # statistics shared with other fits: in this deviance's columns
+    theta = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], default)
+    return theta, MOMENT_START_STEP
 
 
 def _moment_theta(stats: SufficientStats, terms: list[tuple[slice, CovStructure]]) -> np.ndarray | None:
