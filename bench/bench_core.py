@@ -15,12 +15,13 @@ import argparse
 import multiprocessing as mp
 import platform
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from summary import summarise  # noqa: E402
 
 
 def _fit_mixedfx(n_rows: int) -> float:
@@ -95,12 +96,8 @@ def main() -> None:
             if not runs:
                 print(f"{n_rows:>10} {tool:>12} {'> ' + str(int(args.timeout)) + ' s':>10}")
                 continue
-            seconds = statistics.median(r[0] for r in runs)
-            loglik, peak = runs[0][1], max(r[2] for r in runs)
-            if base is None:
-                base = (seconds, loglik)
-            ratio = seconds / base[0]
-            print(f"{n_rows:>10} {tool:>12} {seconds:>10.3f} {peak:>9.0f} {ratio:>7.1f}x {loglik - base[1]:>10.2e}")
+            seconds, _, peak, ratio, dloglik, base = summarise(runs, base)
+            print(f"{n_rows:>10} {tool:>12} {seconds:>10.3f} {peak:>9.0f} {ratio:>7.1f}x {dloglik:>10.2e}")
             sys.stdout.flush()
 
 

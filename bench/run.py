@@ -20,7 +20,6 @@ import multiprocessing as mp
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from summary import summarise  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- cases
@@ -280,14 +281,8 @@ def main() -> None:
                 if isinstance(runs, str):
                     print(f"{label:>16} {tool:>12} {runs:>9}")
                     continue
-                seconds = statistics.median(r[0] for r in runs)
-                loglik, peak = runs[0][1], max(r[2] for r in runs)
-                if base is None:
-                    base = (seconds, loglik)
-                print(
-                    f"{label:>16} {tool:>12} {seconds:>9.3f} {peak:>8.0f} {seconds / base[0]:>7.1f}x "
-                    f"{loglik - base[1]:>10.2e}"
-                )
+                seconds, _, peak, ratio, dloglik, base = summarise(runs, base)
+                print(f"{label:>16} {tool:>12} {seconds:>9.3f} {peak:>8.0f} {ratio:>7.1f}x {dloglik:>10.2e}")
                 sys.stdout.flush()
 
 
