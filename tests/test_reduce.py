@@ -137,9 +137,14 @@ def test_refits_sharing_one_reduction_stay_independent(exam_files):
     assert first.loglik > second.loglik  # unstructured nests independent
 
 
-def test_crossed_factors_are_refused_with_advice(tmp_path):
+def test_crossed_factors_are_refused_with_advice(tmp_path, monkeypatch):
+    import mixedfx.reduce as reduce_module
+
     pen = mixedfx.datasets.load_penicillin()
     pen.to_parquet(tmp_path / "pen.parquet")
+    with pytest.raises(OptionError, match="crossed.*engine='memory'"):
+        mixedfx.fit("diameter ~ 1 + (1 | plate) + (1 | sample)", tmp_path / "pen.parquet", engine="duckdb")
+    monkeypatch.setattr(reduce_module, "SPILL_CLUSTERS", 5)  # the same check on the Parquet-spill path
     with pytest.raises(OptionError, match="crossed.*engine='memory'"):
         mixedfx.fit("diameter ~ 1 + (1 | plate) + (1 | sample)", tmp_path / "pen.parquet", engine="duckdb")
     with pytest.raises(OptionError, match="crossed"):
