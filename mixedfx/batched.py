@@ -40,16 +40,6 @@ def solve_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     return X
 
 
-def solve_lower_inplace(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Solve ``L X = B`` like :func:`solve_lower`, overwriting and returning ``B`` (no copy of B)."""
-    q = L.shape[0]
-    for i in range(q):
-        for j in range(i):
-            B[i] -= L[i, j] * B[j]
-        B[i] /= L[i, i]
-    return B
-
-
 def solve_upper_from_lower(L: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Solve ``L' X = B`` for lower-triangular stacks ``L`` (q, q, m) and ``B`` (q, k, m) or (q, m)."""
     q = L.shape[0]

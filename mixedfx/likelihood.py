@@ -501,6 +501,10 @@ class ProfiledDeviance:
             offset += q * m
         return out
 
+    def _scalar_rest_scale(self, lams: list[np.ndarray]) -> np.ndarray:
+        """The diagonal of ``Lambda2`` when every factor after the first has scalar random effects."""
+        return np.concatenate([np.full(m, lam[0, 0]) for lam, (_, m) in zip(lams[1:], self.stats.rest_sizes)])
+
     def _lower_left_block(self, lams: list[np.ndarray], sol: Solution) -> sp.csr_matrix:
         """``L21 = Lambda2' Z2'Z1 Lambda1 L1^{-T}``, sparse with the pattern of ``Z2'Z1``."""
         s = self.stats
@@ -508,7 +512,7 @@ class ProfiledDeviance:
         Z21 = s.rest_Z1
         if self._all_scalar:  # diagonal Lambdas and L1: scale the rows and columns of Z2'Z1
             col_scale = lams[0][0, 0] / sol.L1[0, 0]
-            row_scale = np.concatenate([np.full(m, lam[0, 0]) for lam, (_, m) in zip(lams[1:], s.rest_sizes)])
+            row_scale = self._scalar_rest_scale(lams)
             data = Z21.data * row_scale[self._Z21_rows] * col_scale[Z21.indices]
             return sp.csr_matrix((data, Z21.indices, Z21.indptr), shape=Z21.shape)
         # Right factor per level: Lambda1 L1_j^{-T}.
@@ -529,7 +533,7 @@ class ProfiledDeviance:
             lam2 = self._rest_lambda(lams)
             return self._solve_nested_rest(lams[1], lam2, L21, sol, M, rhs, r2, dense)
         if self._all_scalar:  # only the lower triangle is formed: the Cholesky reads no more
-            row_scale = np.concatenate([np.full(m, lam[0, 0]) for lam, (_, m) in zip(lams[1:], s.rest_sizes)])
+            row_scale = self._scalar_rest_scale(lams)
             S = s.rest_ZtZ * np.outer(row_scale, row_scale)
             col_scale = lams[0][0, 0] / sol.L1[0, 0]
             fill = self._pair_matrix @ (col_scale * col_scale)
