@@ -225,10 +225,10 @@ def _sparse_cross(
 def _level_major_sums(codes: np.ndarray, Z: np.ndarray, m: int, W: np.ndarray) -> np.ndarray:
     """``Z'W`` for a factor's level-major random-effects matrix: (q*m, k)."""
     q = Z.shape[1]
+    G, in_order = level_indicator(codes, m)
     out = np.empty((m * q, W.shape[1]))
     for a in range(q):
-        for k in range(W.shape[1]):
-            out[a::q, k] = np.bincount(codes, weights=Z[:, a] * W[:, k], minlength=m)
+        out[a::q] = _weighted_indicator(G, Z[:, a], in_order) @ W
     return out
 
 
