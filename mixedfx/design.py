@@ -440,6 +440,8 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
     norms = np.sqrt(np.diag(gram))
     scale = np.where(norms > 0, norms, 1.0)
     aliased = aliased_columns(gram / np.outer(scale, scale)) | (norms == 0)
+    if not aliased.any():
+        return X, names, []  # no copy: X is the largest array of a fit
     keep = ~aliased
     dropped = [n for n, k in zip(names, keep) if not k]
     if dropped:
