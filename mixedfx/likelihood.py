@@ -42,6 +42,11 @@ LOG_2PI = float(np.log(2 * np.pi))
 #: factors are then recomputed for the gradient) and bound the temporaries to a few MB.
 CHUNK_CLUSTERS = 20_000
 
+#: The per-cluster factors ``P_j`` and ``B_j`` of all chunks are kept for the gradient pass
+#: while they take at most this many bytes (recomputing them costs a fifth of an evaluation);
+#: beyond it they are recomputed chunk by chunk, so memory stays bounded.
+KEEP_FACTORS_BYTES = 32 * 2**20
+
 
 @dataclass
 class Solution:
@@ -254,8 +259,8 @@ class ProfiledDeviance:
         ``F = 2 sum_j P_j Lambda' (S_j + Q_j - Q_j Lambda P_j Lambda' S_j)``.
 
         Clusters are processed in chunks of :data:`CHUNK_CLUSTERS`, so the per-cluster
-        temporaries stay bounded however many clusters there are (with several chunks the
-        factorisations are recomputed for the gradient pass rather than kept).
+        temporaries stay bounded however many clusters there are (the factorisations are kept
+        for the gradient pass up to :data:`KEEP_FACTORS_BYTES`, recomputed beyond).
         """
         pr = self._profile_single(theta, keep=gradient)
         if not gradient:
@@ -266,8 +271,8 @@ class ProfiledDeviance:
         dof = s.n - p if self.reml else s.n
         Minv = la.cho_solve((pr["RX"], True), np.eye(p)) if (self.reml and p) else None
         F = np.zeros((s.first_q, s.first_q))
-        for sl in chunks:
-            P, B = kept if kept is not None else self._cluster_factors(lam, sl)[:2]
+        for i, sl in enumerate(chunks):
+            P, B = kept[i] if kept is not None else self._cluster_factors(lam, sl)[:2]
             F += self._gradient_terms(P, B, lam, sl, v, dof / pr["r2"], Minv)
         jac = self.factors[0][2](theta)
         return pr["deviance"], np.einsum("kij,ji->k", jac, F)
@@ -295,12 +300,14 @@ class ProfiledDeviance:
         chunks = [slice(i, min(i + CHUNK_CLUSTERS, m)) for i in range(0, m, CHUNK_CLUSTERS)] or [slice(0, 0)]
         logdet = 0.0
         M_full = self._WtW.copy()
-        kept = None
+        keep = keep and 2 * 8 * s.first_q**2 * m <= KEEP_FACTORS_BYTES
+        kept = [] if keep else None
         for sl in chunks:
             P, B, chunk_logdet = self._cluster_factors(lam, sl)
             logdet += chunk_logdet
             M_full -= self._woodbury_correction(B, sl)
-            kept = (P, B) if (keep and len(chunks) == 1) else None
+            if keep:
+                kept.append((P, B))
         M = M_full[:p, :p]
         rhs = M_full[:p, p]
         if p:

@@ -106,7 +106,12 @@ def test_chunked_single_factor_evaluation_equals_one_pass(monkeypatch):
         theta = np.array([0.7, -0.2, 0.4])
         whole = deviance.deviance_and_gradient(theta)
         monkeypatch.setattr(lik, "CHUNK_CLUSTERS", 4)  # 6 clusters -> chunks of 4 and 2
-        chunked = deviance.deviance_and_gradient(theta)
+        chunked = deviance.deviance_and_gradient(theta)  # factors kept for the gradient pass
+        monkeypatch.setattr(lik, "KEEP_FACTORS_BYTES", 0)
+        recomputed = deviance.deviance_and_gradient(theta)  # factors recomputed chunk by chunk
         monkeypatch.setattr(lik, "CHUNK_CLUSTERS", 500_000)
-        assert chunked[0] == pytest.approx(whole[0], rel=1e-13)
-        np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-10)
+        monkeypatch.setattr(lik, "KEEP_FACTORS_BYTES", 32 * 2**20)
+        for result in (chunked, recomputed):
+            assert result[0] == pytest.approx(whole[0], rel=1e-13)
+            np.testing.assert_allclose(result[1], whole[1], rtol=1e-10)
+        np.testing.assert_array_equal(recomputed[1], chunked[1])
