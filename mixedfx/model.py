@@ -24,6 +24,7 @@ from .results import MixedResults
 from .rside import parse_residuals
 from .start import starting_point
 from .stats import compute_stats, standardise
+from .threads import single_threaded_blas
 
 
 def _check_method(method: str) -> bool:
@@ -57,7 +58,8 @@ def _fit_out_of_memory(engine, formula, data, method, weights, covariance) -> Mi
         if engine == "duckdb"
         else reduce_dask(formula, data, weights=weights)
     )
-    return fit_reduced(reduced, method=method, covariance=covariance)
+    with single_threaded_blas(reduced.nobs):
+        return fit_reduced(reduced, method=method, covariance=covariance)
 
 
 def _transformed_columns(Z: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -165,6 +167,14 @@ def fit(
         from .rside_fit import fit_rside
 
         return fit_rside(parsed, frame, rspec, reml, covariance, missing, group, max_iterations, weights)
+    with single_threaded_blas(len(frame)):
+        result = _fit_design(parsed, frame, reml, weights, covariance, missing, start, max_iterations)
+    warn_fit_problems(result, stacklevel=3)
+    return result
+
+
+def _fit_design(parsed, frame, reml, weights, covariance, missing, start, max_iterations) -> MixedResults:
+    """Design, sufficient statistics, starting point and optimum of an in-memory fit."""
     design = build_design(parsed, frame, weights=weights, covariance=covariance, missing=missing)
     deviance, scaling = build_deviance(design, reml)
     theta0, lower, upper = theta_bounds(design)
@@ -185,9 +195,7 @@ def fit(
         value_and_gradient=gradient,
         step_scale=step_scale,
     )
-    result = MixedResults(design, deviance, scaling, report, reml)
-    warn_fit_problems(result, stacklevel=3)
-    return result
+    return MixedResults(design, deviance, scaling, report, reml)
 
 
 def warn_fit_problems(result: MixedResults, stacklevel: int = 2) -> None:
