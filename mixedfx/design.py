@@ -329,15 +329,44 @@ def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarra
 
 
 #: From this many rows on, formulas of plain numeric columns are built without formulaic's
-#: DataFrame (formulaic still parses them, on the first rows, and checks the result).
+#: materialisation (formulaic still parses them; its model spec is made on first use).
 DIRECT_ROWS = 50_000
 
 
-def _plain_numeric_layout(spec, data: pd.DataFrame) -> list[list[str]] | None:
-    """Per column of a formulaic spec, the numeric data columns whose product it is ([] for the
-    intercept), or None if some column is anything else (a factor, a transformation)."""
+class DeferredSpec:
+    """formulaic's model spec of a formula, materialised from a few rows when first used.
+
+    The direct path (:func:`_direct_model_matrices`) needs no spec to fit; predictions on new
+    data do, and building it costs a few milliseconds per formula, so it waits until then.
+    """
+
+    def __init__(self, formula: str, head: pd.DataFrame, part: str | None):
+        self._formula, self._head, self._part = formula, head, part
+        self._spec = None
+
+    @property
+    def spec(self):
+        """The formulaic ModelSpec (of the right-hand side when ``part == "rhs"``)."""
+        if self._spec is None:
+            matrices = model_matrix(parsed_formula(self._formula), self._head, na_action="raise")
+            self._spec = (getattr(matrices, self._part) if self._part else matrices).model_spec
+        return self._spec
+
+    def get_model_matrix(self, data: pd.DataFrame, **kwargs):
+        """The model matrix of ``data`` (formulaic's ``ModelSpec.get_model_matrix``)."""
+        return self.spec.get_model_matrix(data, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # never recurse through the spec during copying or unpickling
+            raise AttributeError(name)
+        return getattr(self.spec, name)
+
+
+def _plain_numeric_layout(terms, data: pd.DataFrame) -> list[list[str]] | None:
+    """Per term of a parsed formula, the numeric data columns whose product is its one column
+    ([] for the intercept), or None if some term is anything else (a factor, a transformation)."""
     layout = []
-    for term in spec.terms:
+    for term in terms:
         names = []
         for factor in term.factors:
             method = getattr(factor.eval_method, "value", factor.eval_method)
@@ -350,7 +379,7 @@ def _plain_numeric_layout(spec, data: pd.DataFrame) -> list[list[str]] | None:
                 return None
             names.append(factor.expr)
         layout.append(names)
-    return layout if len(layout) == len(spec.column_names) else None
+    return layout
 
 
 def _direct_matrix(layout: list[list[str]], data: pd.DataFrame) -> np.ndarray:
@@ -367,23 +396,24 @@ def _direct_matrix(layout: list[list[str]], data: pd.DataFrame) -> np.ndarray:
 
 
 def _direct_model_matrices(formula: str, data: pd.DataFrame):
-    """``(lhs, rhs, rhs spec, rhs names)`` built directly for plain numeric formulas on many rows, else None."""
+    """``(lhs, rhs, rhs spec, rhs names)`` built directly for plain numeric formulas on many rows, else None.
+
+    Each term of such a formula (as formulaic parses and orders it) is one column: the
+    product of its numeric columns, ``Intercept`` for ``1``; formulaic's materialisation
+    gives the same matrix (tested), and its spec is deferred to first use.
+    """
     if len(data) < DIRECT_ROWS:
         return None
-    head = data.iloc[:100]
-    matrices = model_matrix(parsed_formula(formula), head, na_action="raise")
-    lhs_mm, rhs_mm = (matrices.lhs, matrices.rhs) if hasattr(matrices, "rhs") else (None, matrices)
-    layouts = [None if mm is None else _plain_numeric_layout(mm.model_spec, data) for mm in (lhs_mm, rhs_mm)]
-    if layouts[1] is None or (lhs_mm is not None and layouts[0] is None):
+    parsed = parsed_formula(formula)
+    lhs_terms, rhs_terms = (parsed.lhs, parsed.rhs) if hasattr(parsed, "rhs") else (None, parsed)
+    layouts = [None if terms is None else _plain_numeric_layout(terms, data) for terms in (lhs_terms, rhs_terms)]
+    if layouts[1] is None or (lhs_terms is not None and layouts[0] is None):
         return None
     rhs = _direct_matrix(layouts[1], data)
-    lhs = None if lhs_mm is None else _direct_matrix(layouts[0], data)
-    same = np.array_equal(rhs[: len(head)], np.asarray(rhs_mm, dtype=float)) and (
-        lhs is None or np.array_equal(lhs[: len(head)], np.asarray(lhs_mm, dtype=float))
-    )
-    if not same:  # formulaic would build something else: let it
-        return None
-    return lhs, rhs, rhs_mm.model_spec, [str(c) for c in rhs_mm.columns]
+    lhs = None if lhs_terms is None else _direct_matrix(layouts[0], data)
+    names = ["Intercept" if not cols else str(term) for term, cols in zip(rhs_terms, layouts[1])]
+    spec = DeferredSpec(formula, data.iloc[:100].copy(), "rhs" if lhs_terms is not None else None)
+    return lhs, rhs, spec, names
 
 
 def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str], object]:

@@ -180,7 +180,14 @@ def test_direct_numeric_matrices_equal_formulaic(monkeypatch):
             "g": np.repeat(np.arange(60), 10),
         }
     )
-    formulas = ["y ~ x * z + (1 + x | g)", "y ~ x + s + (1 + z | g)", "y ~ 0 + x + (0 + x | g)"]
+    formulas = [
+        "y ~ x * z + (1 + x | g)",
+        "y ~ x + s + (1 + z | g)",
+        "y ~ 0 + x + (0 + x | g)",
+        "y ~ z:x:x + x + x:z + (1 | g)",  # interactions named and ordered as formulaic does
+        "y ~ 1 + (z | g)",
+        "y ~ x + I(x**2) + (1 + x | g)",  # a transformation: formulaic builds it
+    ]
     for formula in formulas:
         monkeypatch.setattr(design_module, "DIRECT_ROWS", 10**9)
         reference = build_design(parse_formula(formula), data)
@@ -191,6 +198,16 @@ def test_direct_numeric_matrices_equal_formulaic(monkeypatch):
         np.testing.assert_array_equal(direct.y, reference.y)
         np.testing.assert_array_equal(direct.blocks[0].Z, reference.blocks[0].Z)
         assert direct.blocks[0].names == reference.blocks[0].names
+        new = data.iloc[:7]  # the deferred specs rebuild the columns for new data as formulaic does
+        np.testing.assert_array_equal(
+            np.asarray(direct.fixed_spec.get_model_matrix(new)), np.asarray(reference.fixed_spec.get_model_matrix(new))
+        )
+        assert list(direct.fixed_spec.column_names) == list(reference.fixed_spec.column_names)
+        term_spec = direct.blocks[0].terms[0].spec
+        np.testing.assert_array_equal(
+            np.asarray(term_spec.get_model_matrix(new)),
+            np.asarray(reference.blocks[0].terms[0].spec.get_model_matrix(new)),
+        )
 
 
 def test_sorted_numeric_groups_are_coded_like_factorize():
