@@ -321,7 +321,9 @@ def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarra
             change = np.empty(values.size, dtype=bool)
             change[0] = True
             np.not_equal(values[1:], values[:-1], out=change[1:])
-            return np.cumsum(change) - 1, LevelLabels(values[change])
+            codes = np.cumsum(change, dtype=np.int64)
+            codes -= 1  # in place: one n-sized array, not two
+            return codes, LevelLabels(values[change])
         codes, uniques = pd.factorize(column, sort=True)
         return codes.astype(np.int64), LevelLabels(uniques)
     codes, uniques = pd.factorize(factor_labels(data, factor), sort=True)

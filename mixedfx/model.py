@@ -23,7 +23,7 @@ from .optimize import minimize_deviance
 from .results import MixedResults
 from .rside import parse_residuals
 from .start import starting_point
-from .stats import compute_stats, standardise
+from .stats import compute_stats, standardisation
 from .threads import single_threaded_blas
 
 
@@ -62,26 +62,20 @@ def _fit_out_of_memory(engine, formula, data, method, weights, covariance) -> Mi
         return fit_reduced(reduced, method=method, covariance=covariance)
 
 
-def _transformed_columns(Z: np.ndarray, T: np.ndarray) -> np.ndarray:
-    """``Z T`` in column-major order (the reduction reads whole columns), without a copy for T = I."""
-    if np.array_equal(T, np.eye(T.shape[0])) and Z.flags.f_contiguous:
-        return Z
-    out = np.empty(Z.shape, order="F")
-    np.matmul(Z, T, out=out)
-    return out
-
-
 def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object]:
     """Standardise the design, reduce it to sufficient statistics and return the deviance."""
-    Xs, ys, scaling = standardise(design.X, design.y)
+    shift, inv_scale, scaling = standardisation(design.X, design.y)
     transforms = [b.standardising_transform() for b in design.blocks]
     stats = compute_stats(
         [b.codes for b in design.blocks],
-        [_transformed_columns(b.Z, T) for b, T in zip(design.blocks, transforms)],
+        [b.Z for b in design.blocks],
         [b.n_levels for b in design.blocks],
-        Xs,
-        ys,
+        design.X,
+        design.y,
         design.weights,
+        transforms=transforms,
+        shift=shift,
+        inv_scale=inv_scale,
     )
     stats.column_transforms = transforms  # the statistics are those of Z T already
     factors = [(b.n_params, b.factor_matrix, b.factor_jacobian) for b in design.blocks]

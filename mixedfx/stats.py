@@ -66,43 +66,71 @@ def _constant_column(X: np.ndarray) -> tuple[int | None, float]:
     return None, 1.0
 
 
-def _centre_and_scale(values: np.ndarray, out: np.ndarray, centre: bool, work: np.ndarray) -> tuple[float, float]:
-    """Write ``(values - shift) / scale`` into ``out``; shift is the mean (if ``centre``), scale the RMS after it.
+#: Rows per slice when a column's spread is summed, and (whole clusters) per chunk of the
+#: first factor's reduction: a chunk's [X y] is a few MB, so it stays in cache.
+CHUNK_ROWS = 65_536
 
-    The arithmetic runs on the contiguous ``work`` buffer; ``out`` (a strided column of the
-    row-major ``[X y]``) is written once.
+
+def _shift_and_scale(values: np.ndarray, centre: bool) -> tuple[float, float]:
+    """Shift (the mean, if ``centre``) and scale (the RMS after the shift; 1 for a zero column).
+
+    The squares are summed slice by slice of centred values, so that no n-sized temporary is made.
     """
+    n = values.size
     shift = float(values.mean()) if centre else 0.0
-    np.subtract(values, shift, out=work)
-    scale = float(np.sqrt(np.dot(work, work) / max(work.size, 1)))
-    scale = scale if scale > 0 and np.isfinite(scale) else 1.0
-    np.multiply(work, 1.0 / scale, out=out)
-    return shift, scale
+    total = 0.0
+    for start in range(0, n, CHUNK_ROWS):
+        centred = values[start : start + CHUNK_ROWS] - shift
+        total += float(np.dot(centred, centred))
+    scale = float(np.sqrt(total / max(n, 1)))
+    return shift, (scale if scale > 0 and np.isfinite(scale) else 1.0)
+
+
+def standardisation(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, Scaling]:
+    """Shifts and inverse scales of the columns of ``[X y]``, and the :class:`Scaling` they define.
+
+    With an intercept column every other column is centred on its mean; every column but
+    the intercept is divided by its root mean square (after centring).  The standardised
+    column is ``(x - shift) * inv_scale`` (shift 0 and inv_scale 1 for the intercept).
+    """
+    p = X.shape[1]
+    T = np.eye(p)
+    intercept, value = _constant_column(X)
+    shift, inv_scale = np.zeros(p + 1), np.ones(p + 1)
+    for j in range(p + 1):
+        if j == intercept:
+            continue
+        col_shift, scale = _shift_and_scale(X[:, j] if j < p else y, intercept is not None)
+        shift[j], inv_scale[j] = col_shift, 1.0 / scale
+        if j < p:
+            T[j, j] = 1.0 / scale
+            if intercept is not None:
+                T[intercept, j] = -col_shift / (scale * value)
+    return shift, inv_scale, Scaling(T, shift[p], 1.0 / inv_scale[p], intercept, value)
+
+
+def apply_standardisation(
+    X: np.ndarray, y: np.ndarray, shift: np.ndarray, inv_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x - shift) * inv_scale`` column by column, as views of one n x (p+1) array ``[X~ y~]``."""
+    n, p = X.shape
+    W = np.empty((n, p + 1))
+    work = np.empty(n)
+    for j in range(p + 1):
+        np.subtract(X[:, j] if j < p else y, shift[j], out=work)
+        np.multiply(work, inv_scale[j], out=W[:, j])
+    return W[:, :p], W[:, p]
 
 
 def standardise(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, Scaling]:
-    """Centre and scale the columns of ``X`` and ``y`` (see :class:`Scaling`).
+    """Centre and scale the columns of ``X`` and ``y`` (see :func:`standardisation`).
 
-    With an intercept column every other column is centred on its mean; every column but
-    the intercept is divided by its root mean square (after centring).  The results are
-    views of one n x (p+1) array ``[X~ y~]`` (see :func:`stacked_xy`), so the reduction
-    needs no further copy.
+    The results are views of one n x (p+1) array ``[X~ y~]`` (see :func:`stacked_xy`), so
+    the reduction needs no further copy.
     """
-    n, p = X.shape
-    T = np.eye(p)
-    intercept, value = _constant_column(X)
-    W = np.empty((n, p + 1))
-    work = np.empty(n)
-    for j in range(p):
-        if j == intercept:
-            W[:, j] = X[:, j]
-            continue
-        shift, scale = _centre_and_scale(X[:, j], W[:, j], intercept is not None, work)
-        T[j, j] = 1.0 / scale
-        if intercept is not None:
-            T[intercept, j] = -shift / (scale * value)
-    y_shift, y_scale = _centre_and_scale(y, W[:, p], intercept is not None, work)
-    return W[:, :p], W[:, p], Scaling(T, y_shift, y_scale, intercept, value)
+    shift, inv_scale, scaling = standardisation(X, y)
+    Xs, ys = apply_standardisation(X, y, shift, inv_scale)
+    return Xs, ys, scaling
 
 
 @dataclass
@@ -184,27 +212,86 @@ def stacked_xy(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return W
 
 
-def per_level_crossproducts(
-    codes: np.ndarray, m: int, Z: np.ndarray, X: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks ``Z_j'Z_j`` (q, q, m) and ``Z_j'[X_j y_j]`` (q, p+1, m) by level ``codes``.
+def grouping_order(codes: np.ndarray, m: int) -> np.ndarray | None:
+    """A stable row order that groups the rows by level, or None when they already are.
 
-    Each random-effects column ``z_a`` becomes a sparse m x n matrix ``G diag(z_a)``; one
-    sparse-times-dense product per column then sums every cross-product in one pass over
-    the rows, with no n-sized temporaries.
+    scipy's COO-to-CSR conversion is a linear-time counting sort (3x faster than a stable
+    argsort at 10^6 rows): the column indices of the indicator, row by row, are that order.
     """
-    q = Z.shape[1]
-    W = stacked_xy(X, y)
-    G, in_order = level_indicator(codes, m)
+    n = codes.size
+    if n == 0 or bool(np.all(codes[1:] >= codes[:-1])):
+        return None
+    return sp.csr_matrix((np.ones(n, dtype=np.int8), (codes, np.arange(n))), shape=(m, n)).indices
+
+
+def _chunk_bounds(indptr: np.ndarray, n: int) -> np.ndarray:
+    """Level indices where chunks of about :data:`CHUNK_ROWS` rows start (whole levels), and the end."""
+    starts = np.searchsorted(indptr, np.arange(0, n, CHUNK_ROWS), side="right") - 1
+    return np.unique(np.append(np.maximum(starts, 0), indptr.size - 1))
+
+
+def per_level_crossproducts(
+    codes: np.ndarray,
+    m: int,
+    Z: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    transform: np.ndarray | None = None,
+    shift: np.ndarray | None = None,
+    inv_scale: np.ndarray | None = None,
+    root_weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stacks ``Z_j'Z_j`` (q, q, m), ``Z_j'W_j`` (q, p+1, m) by level ``codes``, and the total ``W'W``.
+
+    ``W = [X y]`` is standardised on the way as ``(w - shift) * inv_scale`` (when ``shift`` is
+    given), ``Z`` becomes ``Z T`` (when ``transform`` is given), and both rows are multiplied
+    by ``root_weights`` (sqrt of the weights).  The rows are visited level by level (through
+    a counting sort when they are not grouped), in chunks of whole levels of about
+    :data:`CHUNK_ROWS` rows: each chunk is standardised into a small buffer and reduced by one
+    sparse indicator-times-dense product per random-effect column, so no n-sized temporary
+    is made (fresh memory is slow to touch and the chunks stay in cache).
+    """
+    n, q = Z.shape
+    k = X.shape[1] + 1
+    counts = np.bincount(codes, minlength=m)
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    order = grouping_order(codes, m)
+    bounds = _chunk_bounds(indptr, n)
+    rows_per_chunk = np.diff(indptr[bounds])
+    capacity = int(rows_per_chunk.max()) if rows_per_chunk.size else 0
+    w_buffer = np.empty((capacity, k))
+    z_buffer = np.empty((q, capacity))
+    positions = np.arange(capacity)
     ZtZ = np.empty((q, q, m))
-    ZtW = np.empty((q, W.shape[1], m))
-    for a in range(q):
-        Ga = _weighted_indicator(G, Z[:, a], in_order)
-        ZtW[a] = (Ga @ W).T
-        for b in range(a, q):
-            ZtZ[a, b] = Ga @ np.ascontiguousarray(Z[:, b])
-            ZtZ[b, a] = ZtZ[a, b]
-    return ZtZ, ZtW
+    ZtW = np.empty((q, k, m))
+    WtW = np.zeros((k, k))
+    for c0, c1 in zip(bounds[:-1], bounds[1:]):
+        r0, r1 = int(indptr[c0]), int(indptr[c1])
+        rows = slice(r0, r1) if order is None else order[r0:r1]
+        w, z = w_buffer[: r1 - r0], z_buffer[:, : r1 - r0]
+        w[:, :-1] = X[rows]
+        w[:, -1] = y[rows]
+        if shift is not None:
+            w -= shift
+            w *= inv_scale
+        if transform is None:
+            z[...] = Z[rows].T
+        else:
+            np.matmul(transform.T, Z[rows].T, out=z)
+        if root_weights is not None:
+            root = root_weights[rows]
+            w *= root[:, None]
+            z *= root
+        WtW += w.T @ w
+        local = (indptr[c0 : c1 + 1] - r0, positions[: r1 - r0])
+        for a in range(q):
+            Ga = sp.csr_matrix((z[a], local[1], local[0]), shape=(c1 - c0, r1 - r0))
+            ZtW[a][:, c0:c1] = (Ga @ w).T
+            for b in range(a, q):
+                ZtZ[a, b, c0:c1] = Ga @ z[b]
+                ZtZ[b, a, c0:c1] = ZtZ[a, b, c0:c1]
+    return ZtZ, ZtW, WtW
 
 
 def _sparse_cross(
@@ -239,24 +326,33 @@ def compute_stats(
     X: np.ndarray,
     y: np.ndarray,
     weights: np.ndarray | None,
+    transforms: list[np.ndarray] | None = None,
+    shift: np.ndarray | None = None,
+    inv_scale: np.ndarray | None = None,
 ) -> SufficientStats:
-    """Reduce the rows to :class:`SufficientStats` (X and y already standardised)."""
+    """Reduce the rows to :class:`SufficientStats`.
+
+    ``X`` and ``y`` are standardised here as ``(w - shift) * inv_scale`` when ``shift`` is given
+    (see :func:`standardisation`; else they are used as they are), each block's ``Z`` becomes
+    ``Z T_k`` when ``transforms`` are given, and weights multiply every row by ``sqrt(w)``.
+    The first factor is reduced chunk by chunk (:func:`per_level_crossproducts`); only
+    models with further factors materialise the standardised columns.
+    """
+    root = None
     sum_log_w = 0.0
     if weights is not None:
         root = np.sqrt(weights)
-        X = X * root[:, None]
-        y = y * root
-        blocks_Z = [Z * root[:, None] for Z in blocks_Z]
         sum_log_w = float(np.log(weights).sum())
-    ZtZ, ZtW = per_level_crossproducts(blocks_codes[0], blocks_levels[0], blocks_Z[0], X, y)
-    W = stacked_xy(X, y)
-    ZtW_total = W.T @ W
+    first_T = transforms[0] if transforms is not None else None
+    ZtZ, ZtW, WtW = per_level_crossproducts(
+        blocks_codes[0], blocks_levels[0], blocks_Z[0], X, y, first_T, shift, inv_scale, root
+    )
     stats = SufficientStats(
         n=len(y),
         p=X.shape[1],
-        XtX=ZtW_total[:-1, :-1],
-        Xty=ZtW_total[:-1, -1],
-        yty=float(ZtW_total[-1, -1]),
+        XtX=WtW[:-1, :-1],
+        Xty=WtW[:-1, -1],
+        yty=float(WtW[-1, -1]),
         sum_log_weights=sum_log_w,
         first_q=blocks_Z[0].shape[1],
         first_ZtZ=ZtZ,
@@ -266,7 +362,13 @@ def compute_stats(
         rest_sizes=[(Z.shape[1], m) for Z, m in zip(blocks_Z[1:], blocks_levels[1:])],
     )
     if len(blocks_Z) > 1:
-        _add_rest_stats(stats, blocks_codes, blocks_Z, blocks_levels, X, y)
+        if shift is not None:
+            X, y = apply_standardisation(X, y, shift, inv_scale)
+        Zs = list(blocks_Z) if transforms is None else [Z @ T for Z, T in zip(blocks_Z, transforms)]
+        if root is not None:
+            X, y = X * root[:, None], y * root
+            Zs = [Z * root[:, None] for Z in Zs]
+        _add_rest_stats(stats, blocks_codes, Zs, blocks_levels, X, y)
     return stats
 
 
@@ -287,7 +389,7 @@ def _add_rest_stats(
     for k in range(1, len(Zs)):
         rows.append([_sparse_cross(codes[k], Zs[k], dims[k], codes[j], Zs[j], dims[j]) for j in range(1, len(Zs))])
     stats.rest_ZtZ = sp.bmat(rows).toarray()
-    W = np.column_stack([X, y])
+    W = stacked_xy(X, y)
     sums = np.vstack([_level_major_sums(codes[k], Zs[k], levels[k], W) for k in range(1, len(Zs))])
     stats.rest_ZtX = sums[:, :-1]
     stats.rest_Zty = sums[:, -1]

@@ -25,14 +25,44 @@ def _rows(n=200, m=17, q=2, p=3, seed=0, shuffle=False):
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_crossproducts_equal_explicit_sums(shuffle):
+@pytest.mark.parametrize("chunk_rows", [16, 65_536])
+def test_crossproducts_equal_explicit_sums(shuffle, chunk_rows, monkeypatch):
+    """Chunked reduction (several chunks, a level larger than a chunk) equals per-level sums."""
+    import mixedfx.stats as stats_module
+
+    monkeypatch.setattr(stats_module, "CHUNK_ROWS", chunk_rows)
     codes, m, Z, X, y = _rows(shuffle=shuffle)
-    ZtZ, ZtW = per_level_crossproducts(codes, m, Z, X, y)
+    codes = np.where(codes == 3, 4, codes)  # level 3 empty, level 4 larger than a 16-row chunk
+    ZtZ, ZtW, WtW = per_level_crossproducts(codes, m, Z, X, y)
     W = np.column_stack([X, y])
-    for j in (0, 5, m - 1):
+    np.testing.assert_allclose(WtW, W.T @ W, rtol=1e-12)
+    for j in (0, 3, 4, 5, m - 1):
         rows = codes == j
         np.testing.assert_allclose(ZtZ[:, :, j], Z[rows].T @ Z[rows], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(ZtW[:, :, j], Z[rows].T @ W[rows], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_crossproducts_standardise_transform_and_weight_on_the_way(shuffle, monkeypatch):
+    """The chunks' standardisation, Z T and sqrt(w) give the statistics of the transformed rows."""
+    import mixedfx.stats as stats_module
+
+    monkeypatch.setattr(stats_module, "CHUNK_ROWS", 24)
+    codes, m, Z, X, y = _rows(shuffle=shuffle)
+    X[:, 1] = X[:, 1] * 1e3 + 2e6
+    rng = np.random.default_rng(5)
+    T = np.array([[1.0, -0.3], [0.0, 2.0]])
+    w = rng.uniform(0.5, 2.0, y.size)
+    shift, inv_scale, _ = stats_module.standardisation(X, y)
+    ZtZ, ZtW, WtW = per_level_crossproducts(codes, m, Z, X, y, T, shift, inv_scale, np.sqrt(w))
+    Xs, ys = stats_module.apply_standardisation(X, y, shift, inv_scale)
+    W = np.column_stack([Xs, ys]) * np.sqrt(w)[:, None]
+    Zt = (Z @ T) * np.sqrt(w)[:, None]
+    np.testing.assert_allclose(WtW, W.T @ W, rtol=1e-10, atol=1e-8)
+    for j in range(m):
+        rows = codes == j
+        np.testing.assert_allclose(ZtZ[:, :, j], Zt[rows].T @ Zt[rows], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(ZtW[:, :, j], Zt[rows].T @ W[rows], rtol=1e-10, atol=1e-10)
 
 
 def test_standardise_writes_one_buffer_the_reduction_reuses():
@@ -59,3 +89,11 @@ def test_in_place_transforms_equal_statistics_of_transformed_columns():
         np.testing.assert_allclose(stats.first_ZtZ, direct.first_ZtZ, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(stats.first_ZtX, direct.first_ZtX, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(stats.first_Zty, direct.first_Zty, rtol=1e-10, atol=1e-10)
+
+
+def test_grouping_order_is_a_stable_sort_by_level():
+    from mixedfx.stats import grouping_order
+
+    codes = np.array([2, 0, 1, 0, 2, 2, 1])
+    np.testing.assert_array_equal(grouping_order(codes, 3), np.argsort(codes, kind="stable"))
+    assert grouping_order(np.array([0, 0, 1, 3]), 4) is None  # already grouped: no permutation
