@@ -99,6 +99,7 @@ class ProfiledDeviance:
         self.use_columns()
         self.n_theta = sum(f[0] for f in factors)
         self.offset = 0.0  # added to every deviance: sum log|R_i| of whitened R-side models
+        self._last_profile: tuple[tuple, dict] | None = None  # the last single-factor pass, by theta
         self.single_factor = stats.rest_Z1 is None
         if stats.rest_Z1 is not None:
             self._prepare_rest()
@@ -291,10 +292,17 @@ class ProfiledDeviance:
         return sol
 
     def _profile_single(self, theta: np.ndarray, keep: bool) -> dict:
-        """First pass of the single-factor evaluation: log-determinants, Woodbury products, beta, r^2."""
+        """First pass of the single-factor evaluation: log-determinants, Woodbury products, beta, r^2.
+
+        The last pass is remembered (without its per-cluster factors), so that the results'
+        pass at the optimum, where the optimiser has just evaluated, costs nothing.
+        """
+        theta = np.asarray(theta, dtype=float)
+        key = (theta.tobytes(), self.offset, self.reml)
+        if not keep and self._last_profile is not None and self._last_profile[0] == key:
+            return self._last_profile[1]
         self.use_columns()
         s = self.stats
-        theta = np.asarray(theta, dtype=float)
         lam = self.factors[0][1](theta)
         m, p = s.n_first_levels, s.p
         chunks = [slice(i, min(i + CHUNK_CLUSTERS, m)) for i in range(0, m, CHUNK_CLUSTERS)] or [slice(0, 0)]
@@ -321,7 +329,7 @@ class ProfiledDeviance:
         dof = s.n - p if self.reml else s.n
         dev = logdet + (logdet_x if self.reml else 0.0) + dof * (1.0 + LOG_2PI + np.log(r2 / dof))
         dev = float(dev - s.sum_log_weights + self.offset)
-        return {
+        result = {
             "deviance": dev,
             "beta": beta,
             "r2": r2,
@@ -333,6 +341,8 @@ class ProfiledDeviance:
             "chunks": chunks,
             "kept": kept,
         }
+        self._last_profile = (key, {**result, "kept": None})
+        return result
 
     def _cluster_factors(self, lam: np.ndarray, sl: slice) -> tuple[np.ndarray, np.ndarray, float]:
         """For the clusters in ``sl``: ``P_j = A_j^{-1}``, ``B_j = Lambda P_j Lambda'`` and ``sum log|A_j|``."""

@@ -226,8 +226,13 @@ def minimize_deviance(
 
     # L-BFGS-B's first trial step has unit length; in units of step_scale it suits a start
     # that is already close (its line search would otherwise spend evaluations coming back).
+    # The start itself, not step_scale * (start / step_scale), which can differ in the last
+    # bit and so miss the value and gradient already computed there.
+    scaled_start = start / step_scale
+
     def scaled(u: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = fun(step_scale * np.asarray(u, dtype=float))
+        u = np.asarray(u, dtype=float)
+        f, g = fun(start if np.array_equal(u, scaled_start) else step_scale * u)
         return f, step_scale * np.asarray(g, dtype=float)
 
     scaled_bounds = [

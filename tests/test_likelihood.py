@@ -115,3 +115,23 @@ def test_chunked_single_factor_evaluation_equals_one_pass(monkeypatch):
             assert result[0] == pytest.approx(whole[0], rel=1e-13)
             np.testing.assert_allclose(result[1], whole[1], rtol=1e-10)
         np.testing.assert_array_equal(recomputed[1], chunked[1])
+
+
+def test_light_solution_reuses_the_last_pass_at_the_same_theta(monkeypatch):
+    """The results' pass at the optimum reuses the optimiser's last evaluation there, and only there."""
+    data = _data(3)
+    design = build_design(parse_formula("y ~ x + t + (1 + x | a)"), data)
+    deviance, _ = build_deviance(design, True)
+    theta = np.array([0.7, -0.2, 0.4])
+    passes = []
+    original = deviance._cluster_factors
+    monkeypatch.setattr(deviance, "_cluster_factors", lambda *a: passes.append(1) or original(*a))
+    value, _ = deviance.deviance_and_gradient(theta)
+    before = len(passes)
+    sol = deviance.light_solution(theta.copy())
+    assert len(passes) == before and sol.deviance == value
+    deviance.light_solution(theta + 0.1)  # another theta: a new pass
+    assert len(passes) == before + 1
+    deviance.offset = 2.0  # another offset (R-side models): a new pass with it
+    assert deviance.light_solution(theta).deviance == pytest.approx(value + 2.0, rel=1e-14)
+    assert len(passes) == before + 2

@@ -74,3 +74,21 @@ def test_a_short_first_step_reaches_the_same_optimum_and_respects_bounds():
         )
         assert report.converged
         np.testing.assert_allclose(report.theta, [0.7, 0.0], atol=1e-7)
+
+
+def test_scaled_first_step_does_not_evaluate_the_start_twice():
+    """With a first-step scale like 0.1, start / 0.1 * 0.1 differs from the start in the last bit;
+    the optimiser's first evaluation must still be the one already made at the start."""
+    centre, calls, value, value_and_gradient = _quadratic()
+    points = []
+
+    def recorded(x):
+        points.append(np.array(x))
+        return value_and_gradient(x)
+
+    start = np.array([0.7, 1.7])  # 1.7 / 0.1 * 0.1 != 1.7
+    bounds = (np.zeros(2), np.full(2, np.inf))
+    report = minimize_deviance(value, start, *bounds, value_and_gradient=recorded, step_scale=0.1)
+    assert report.converged
+    near_start = [p for p in points if np.allclose(p, start, rtol=1e-12, atol=0)]
+    assert len(near_start) == 1
