@@ -226,11 +226,13 @@ def _complete_rows(data: pd.DataFrame, columns: list[str]) -> pd.Series:
         values = data[col]
         if values.dtype == np.float64:  # the common case: no copies (NaN is the only missing value)
             numeric = values.to_numpy()
-            finite = np.isfinite(numeric)
-            if finite.all():
+            # A finite sum means no NaN or infinity (both propagate); one pass, no temporary.
+            if np.isfinite(np.add.reduce(numeric)) or np.isfinite(numeric).all():
                 continue
             mask &= ~np.isnan(numeric)
             bad = np.isinf(numeric)
+        elif isinstance(values.dtype, np.dtype) and values.dtype.kind in "iub":  # numpy ints/bools: never missing
+            continue
         else:
             mask &= values.notna()
             if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):

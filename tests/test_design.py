@@ -219,3 +219,18 @@ def test_sorted_numeric_groups_are_coded_like_factorize():
         expected, uniques = pd.factorize(frame["g"], sort=True)
         np.testing.assert_array_equal(codes, expected)
         assert list(labels) == [mixedfx.design._level_label(u) for u in uniques]
+
+
+def test_nullable_integer_missing_values_are_dropped_and_counted():
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(
+        {
+            "y": rng.normal(size=100),
+            "x": pd.array([1, 2, None, 4] * 25, dtype="Int64"),  # pandas' nullable integers
+            "k": np.arange(100),  # numpy integers: never missing
+            "g": np.repeat(np.arange(10), 10),
+        }
+    )
+    design = build_design(parse_formula("y ~ x + k + (1 | g)"), data)
+    assert design.n_missing == 25 and design.nobs == 75
+    assert not np.isnan(design.X).any()
