@@ -179,6 +179,7 @@ class Design:
     response_name: str = ""
     data: pd.DataFrame | None = None
     n_rows: int | None = None  # the number of observations when the rows are not kept (reduced data)
+    X_gram: np.ndarray | None = None  # X'X from the aliasing check, reused for the standardisation
 
     @property
     def nobs(self) -> int:
@@ -466,16 +467,19 @@ def aliased_columns(gram: np.ndarray, tolerance: float = RANK_TOLERANCE) -> np.n
     return aliased
 
 
-def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Drop columns of X that are (numerically) linear combinations of earlier columns (with a warning)."""
+def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
+    """Drop columns of X that are (numerically) linear combinations of earlier columns (with a warning).
+
+    Returns the kept columns, their names, the dropped names and ``X'X`` of the kept columns.
+    """
     if X.shape[1] == 0:
-        return X, names, []
+        return X, names, [], np.zeros((0, 0))
     gram = X.T @ X
     norms = np.sqrt(np.diag(gram))
     scale = np.where(norms > 0, norms, 1.0)
     aliased = aliased_columns(gram / np.outer(scale, scale)) | (norms == 0)
     if not aliased.any():
-        return X, names, []  # no copy: X is the largest array of a fit
+        return X, names, [], gram  # no copy: X is the largest array of a fit
     keep = ~aliased
     dropped = [n for n, k in zip(names, keep) if not k]
     if dropped:
@@ -485,7 +489,7 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
             RankDeficiencyWarning,
             stacklevel=3,
         )
-    return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
+    return X[:, keep], [n for n, k in zip(names, keep) if k], dropped, gram[np.ix_(keep, keep)]
 
 
 def _term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list[str], object]:
@@ -659,7 +663,7 @@ def build_design(
             frame[col] = frame[col].cat.remove_unused_categories()
     y, X, names, spec = _fixed_matrices(parsed, frame)
     _check_enough_rows(len(y), X.shape[1])
-    X, names, dropped = _drop_aliased(X, names)
+    X, names, dropped, gram = _drop_aliased(X, names)
     blocks = _build_blocks(parsed, frame, len(y), covariance)
     return Design(
         formula=parsed,
@@ -674,4 +678,5 @@ def build_design(
         fixed_spec=spec,
         response_name=parsed.response,
         data=data if complete else data.loc[mask],
+        X_gram=gram,
     )

@@ -64,7 +64,7 @@ def _fit_out_of_memory(engine, formula, data, method, weights, covariance) -> Mi
 
 def build_deviance(design: Design, reml: bool) -> tuple[ProfiledDeviance, object]:
     """Standardise the design, reduce it to sufficient statistics and return the deviance."""
-    shift, inv_scale, scaling = standardisation(design.X, design.y)
+    shift, inv_scale, scaling = standardisation(design.X, design.y, design.X_gram)
     transforms = [b.standardising_transform() for b in design.blocks]
     stats = compute_stats(
         [b.codes for b in design.blocks],

@@ -214,7 +214,7 @@ def _fixed_only_design(parsed: ParsedFormula, frame: pd.DataFrame, missing: str)
     if not mask.any():
         raise DataError("No complete rows.")
     y, X, names, spec = _fixed_matrices(parsed, frame.loc[mask, used])
-    X, names, dropped = _drop_aliased(X, names)
+    X, names, dropped, _ = _drop_aliased(X, names)
     return Design(
         formula=parsed,
         y=y,

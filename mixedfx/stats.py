@@ -86,21 +86,47 @@ def _shift_and_scale(values: np.ndarray, centre: bool) -> tuple[float, float]:
     return shift, (scale if scale > 0 and np.isfinite(scale) else 1.0)
 
 
-def standardisation(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, Scaling]:
+#: A column's moments are taken from ``X'X`` unless its squared mean exceeds this many times
+#: its variance (``E[x^2] - mean^2`` would then lose more than six of sixteen digits).
+GRAM_MOMENT_LIMIT = 1e6
+
+
+def _moments_from_gram(gram: np.ndarray, j: int, intercept: int | None, value: float, n: int):
+    """``(shift, scale)`` of column j from ``X'X``, or None where the variance would cancel."""
+    if intercept is None:  # no centring: the RMS is sqrt(x'x / n), no cancellation
+        scale = float(np.sqrt(gram[j, j] / n))
+        return 0.0, scale
+    mean = float(gram[intercept, j] / (value * n))
+    variance = float(gram[j, j] / n - mean * mean)
+    if not variance * GRAM_MOMENT_LIMIT > mean * mean:
+        return None
+    return mean, float(np.sqrt(variance))
+
+
+def standardisation(
+    X: np.ndarray, y: np.ndarray, gram: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, Scaling]:
     """Shifts and inverse scales of the columns of ``[X y]``, and the :class:`Scaling` they define.
 
     With an intercept column every other column is centred on its mean; every column but
     the intercept is divided by its root mean square (after centring).  The standardised
     column is ``(x - shift) * inv_scale`` (shift 0 and inv_scale 1 for the intercept).
+    ``gram`` (``X'X``, when known) gives the columns' moments without a pass over them,
+    except for a column whose mean dwarfs its spread (recomputed from centred values).
+    Any shift and scale give the same fit, since :class:`Scaling` records them exactly; the
+    moments only need to be accurate enough to condition the problem.
     """
-    p = X.shape[1]
+    n, p = X.shape
     T = np.eye(p)
     intercept, value = _constant_column(X)
     shift, inv_scale = np.zeros(p + 1), np.ones(p + 1)
     for j in range(p + 1):
         if j == intercept:
             continue
-        col_shift, scale = _shift_and_scale(X[:, j] if j < p else y, intercept is not None)
+        moments = None if (gram is None or j == p) else _moments_from_gram(gram, j, intercept, value, n)
+        if moments is None:
+            moments = _shift_and_scale(X[:, j] if j < p else y, intercept is not None)
+        col_shift, scale = moments[0], (moments[1] if moments[1] > 0 and np.isfinite(moments[1]) else 1.0)
         shift[j], inv_scale[j] = col_shift, 1.0 / scale
         if j < p:
             T[j, j] = 1.0 / scale

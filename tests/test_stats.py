@@ -97,3 +97,22 @@ def test_grouping_order_is_a_stable_sort_by_level():
     codes = np.array([2, 0, 1, 0, 2, 2, 1])
     np.testing.assert_array_equal(grouping_order(codes, 3), np.argsort(codes, kind="stable"))
     assert grouping_order(np.array([0, 0, 1, 3]), 4) is None  # already grouped: no permutation
+
+
+def test_standardisation_from_the_gram_matches_the_column_passes():
+    """Moments from X'X agree with the column passes; a column whose mean dwarfs its spread
+    (where E[x^2] - mean^2 cancels) is recomputed from centred values, exactly as without X'X."""
+    from mixedfx.stats import standardisation
+
+    _, _, _, X, y = _rows(p=4)
+    X[:, 2] = X[:, 2] * 1e-3 + 2e3  # mean^2 / variance = 4e12: beyond the gram's reach
+    shift, inv, scaling = standardisation(X, y)
+    shift_g, inv_g, scaling_g = standardisation(X, y, X.T @ X)
+    np.testing.assert_allclose(shift_g, shift, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(inv_g, inv, rtol=1e-9)
+    assert shift_g[2] == shift[2] and inv_g[2] == inv[2]  # the recomputed column: identical
+    np.testing.assert_allclose(scaling_g.T, scaling.T, rtol=1e-9, atol=1e-12)
+    no_intercept = X[:, 1:]
+    _, inv_n, _ = standardisation(no_intercept, y)
+    _, inv_ng, _ = standardisation(no_intercept, y, no_intercept.T @ no_intercept)
+    np.testing.assert_allclose(inv_ng, inv_n, rtol=1e-12)
