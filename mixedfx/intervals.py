@@ -109,11 +109,20 @@ def _refit(result, y: np.ndarray | None = None, offset_column: int | None = None
             y=design.y - value * design.X[:, offset_column],
             X=design.X[:, keep],
             fixed_names=[design.fixed_names[j] for j in keep],
+            X_gram=None if design.X_gram is None else design.X_gram[np.ix_(keep, keep)],
         )
     deviance, scaling = build_deviance(design, result.reml)
     _, lower, upper = theta_bounds(design)
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
-    report = minimize_deviance(deviance, result.theta_engine, lower, upper, value_and_gradient=gradient)
+    information = deviance.deviance_gradient_information if deviance.single_factor else None
+    report = minimize_deviance(
+        deviance,
+        result.theta_engine,
+        lower,
+        upper,
+        value_and_gradient=gradient,
+        value_gradient_information=information,
+    )
     return MixedResults(design, deviance, scaling, report, result.reml)
 
 

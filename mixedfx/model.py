@@ -180,6 +180,7 @@ def _fit_design(parsed, frame, reml, weights, covariance, missing, start, max_it
     else:
         theta0, step_scale = starting_point(deviance, design.blocks, theta0)
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
+    information = deviance.deviance_gradient_information if deviance.single_factor else None
     report = minimize_deviance(
         deviance,
         theta0,
@@ -188,6 +189,7 @@ def _fit_design(parsed, frame, reml, weights, covariance, missing, start, max_it
         max_iterations=max_iterations,
         value_and_gradient=gradient,
         step_scale=step_scale,
+        value_gradient_information=information,
     )
     return MixedResults(design, deviance, scaling, report, reml)
 

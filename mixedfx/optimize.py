@@ -1,7 +1,9 @@
 """Bounded minimisation of the profiled deviance over the covariance parameters ``theta``.
 
-L-BFGS-B (scipy) with the analytic gradient where the likelihood has one (one grouping
-factor) and forward differences otherwise; it stops once the projected gradient is below
+With one grouping factor the likelihood has an analytic gradient and expected information:
+Fisher scoring starts (one or two steps from a moment start when there are many clusters)
+and L-BFGS-B (scipy) takes over if scoring stops short, e.g. at a variance near zero.
+Otherwise L-BFGS-B runs with forward-difference gradients.  Both stop once the projected gradient is below
 the deviance's rounding noise (:func:`gradient_tolerance`).  The optimum is then checked
 (central differences for the numerical case, one-sided at an active bound), as lme4's
 ``checkConv`` does.  Failures are reported, never hidden: the result says whether it
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg as la
 from scipy.optimize import minimize
 
 #: Largest projected gradient (deviance units per unit theta) accepted at a converged optimum.
@@ -44,9 +47,11 @@ class _Counter:
         self,
         func: Callable[[np.ndarray], float],
         func_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
+        func_gradient_information: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]] | None = None,
     ):
         self.func = func
         self.func_and_gradient = func_and_gradient
+        self.func_gradient_information = func_gradient_information
         self.count = 0
         self.best_x: np.ndarray | None = None
         self.best_f = np.inf
@@ -74,6 +79,18 @@ class _Counter:
     def gradient_at(self, x: np.ndarray) -> np.ndarray | None:
         """The gradient remembered at ``x``, if any."""
         return self._gradients.get(np.asarray(x, dtype=float).tobytes())
+
+    def with_information(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Value, analytic gradient and expected information at ``x`` (``inf``, zeros and None on failure)."""
+        self.count += 1
+        try:
+            f, g, info = self.func_gradient_information(x)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            f, g, info = np.inf, np.zeros_like(x), None
+        f = float(f)
+        self._record(x, f)
+        self._gradients[np.asarray(x, dtype=float).tobytes()] = np.array(g, dtype=float)
+        return f, np.asarray(g, dtype=float), info
 
     def with_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """Value and analytic gradient at ``x`` (``inf`` and zeros where the deviance fails)."""
@@ -145,6 +162,59 @@ def projected_gradient(grad: np.ndarray, x: np.ndarray, lower: np.ndarray, upper
     return pg
 
 
+#: Most Fisher-scoring steps before L-BFGS-B takes over, and halvings of one step.
+SCORING_STEPS = 8
+SCORING_HALVINGS = 8
+
+
+def fisher_scoring(
+    counted: _Counter,
+    x: np.ndarray,
+    first: tuple,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    gtol: float,
+    max_steps: int = SCORING_STEPS,
+) -> tuple[bool, int]:
+    """Newton steps with the expected information from ``x``: (converged, steps taken).
+
+    ``first`` is ``(deviance, gradient, information)`` at ``x``; converged means the
+    projected gradient is below ``gtol``.
+    With many clusters the expected information is within O(1/sqrt(m)) of the Hessian, so
+    from a moment start one or two steps reach the optimum (L-BFGS-B needs five or more
+    evaluations to learn the curvature).  A step is halved until the deviance does not
+    increase beyond its rounding noise.  Scoring gives up (False, and L-BFGS-B continues
+    from the best point) when a step would cross a bound (a variance near zero), the
+    information is not positive definite, or halving does not help.
+    """
+    f, g, info = first
+    steps = 0
+    while True:
+        if not np.isfinite(f) or info is None:
+            return False, steps
+        if np.all(np.abs(projected_gradient(g, x, lower, upper)) < gtol):
+            return True, steps
+        if steps >= max_steps:
+            return False, steps
+        try:
+            step = -la.cho_solve(la.cho_factor(info), g)
+        except (np.linalg.LinAlgError, ValueError):
+            return False, steps
+        noise = 1e-12 * max(1.0, abs(f))
+        steps += 1
+        for _ in range(SCORING_HALVINGS):
+            trial = x + step
+            if np.any(trial <= lower) or np.any(trial >= upper):
+                return False, steps
+            f_trial, g_trial, info_trial = counted.with_information(trial)
+            if f_trial <= f + noise:
+                break
+            step = step / 2
+        else:
+            return False, steps
+        x, f, g, info = trial, f_trial, g_trial, info_trial
+
+
 #: How often the optimiser is restarted from off a boundary (lme4's ``restart_edge``).
 EDGE_RESTARTS = 3
 
@@ -179,15 +249,18 @@ def minimize_deviance(
     max_iterations: int = 1000,
     value_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
     step_scale: float = 1.0,
+    value_gradient_information: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]] | None = None,
 ) -> OptimumReport:
     """Minimise ``deviance`` over ``lower <= theta <= upper`` from ``start``.
 
     ``value_and_gradient``, when given, returns the deviance and its analytic gradient;
     otherwise gradients are central differences of ``deviance``.  ``step_scale`` is the
     length (in theta units) of the optimiser's first trial step: below 1 for a start that is
-    already close to the optimum.
+    already close to the optimum.  ``value_gradient_information``, when given, also returns
+    the expected information: Fisher scoring (:func:`fisher_scoring`) then starts, and
+    L-BFGS-B continues only if scoring does not converge.
     """
-    counted = _Counter(deviance, value_and_gradient)
+    counted = _Counter(deviance, value_and_gradient, value_gradient_information)
     lower = np.asarray(lower, dtype=float)
     upper = np.asarray(upper, dtype=float)
     start = np.clip(np.asarray(start, dtype=float), lower, upper)
@@ -198,7 +271,8 @@ def minimize_deviance(
 
     if value_and_gradient is not None:
         fun = counted.with_gradient
-        f_start = counted.with_gradient(start)[0]
+        first = counted.with_information(start) if value_gradient_information is not None else None
+        f_start = first[0] if first is not None else counted.with_gradient(start)[0]
     else:
 
         def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -239,7 +313,7 @@ def minimize_deviance(
         (None if lo is None else lo / step_scale, None if hi is None else hi / step_scale) for lo, hi in bounds
     ]
 
-    def run(x0: np.ndarray):
+    def run(x0: np.ndarray, iterations: int = max_iterations):
         result = minimize(
             scaled,
             x0 / step_scale,
@@ -247,19 +321,29 @@ def minimize_deviance(
             method="L-BFGS-B",
             bounds=scaled_bounds,
             callback=stop_when_flat,
-            options={"maxiter": max_iterations, "ftol": 1e-14, "gtol": 1e-10, "maxls": 20},
+            options={"maxiter": iterations, "ftol": 1e-14, "gtol": 1e-10, "maxls": 20},
         )
         result.x = step_scale * result.x
         return result
 
-    result = run(start)
+    scored = value_gradient_information is not None and value_and_gradient is not None and np.isfinite(f_start)
+    converged, steps = (
+        fisher_scoring(counted, start, first, lower, upper, gtol, min(SCORING_STEPS, max_iterations))
+        if scored
+        else (False, 0)
+    )
+    # Scoring's steps count against the iteration limit; L-BFGS-B continues from its best point.
+    resume = counted.best_x if (scored and counted.best_x is not None) else start
+    result = None if (converged or steps >= max_iterations) else run(resume, max_iterations - steps)
     for _ in range(EDGE_RESTARTS):
         restart = _edge_restart_point(counted, counted.best_x, lower)
         if restart is None:
             break
         result = run(restart)
-    theta = counted.best_x if counted.best_f < result.fun else np.asarray(result.x, dtype=float)
-    f = min(counted.best_f, float(result.fun))
+    if result is None or counted.best_f < result.fun:
+        theta, f = counted.best_x, counted.best_f
+    else:
+        theta, f = np.asarray(result.x, dtype=float), float(result.fun)
     if value_and_gradient is not None:
         grad = counted.with_gradient(theta)[1]
     else:
@@ -271,8 +355,9 @@ def minimize_deviance(
     if not finite:
         message = "the deviance is not finite at any point tried"
     elif not gradient_ok:
+        stopped = "Fisher scoring" if result is None else result.message
         message = (
-            f"optimiser stopped ({result.message}) with projected gradient {np.max(np.abs(pg)):.3g} "
+            f"optimiser stopped ({stopped}) with projected gradient {np.max(np.abs(pg)):.3g} "
             f"above tolerance {gradient_tolerance(f):.3g}"
         )
     else:

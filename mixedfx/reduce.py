@@ -555,7 +555,16 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     lower = np.concatenate([t.structure.lower_bounds() for b in blocks for t in b.terms])
     upper = np.concatenate([t.structure.upper_bounds() for b in blocks for t in b.terms])
     gradient = deviance.deviance_and_gradient if deviance.single_factor else None
-    report = minimize_deviance(deviance, start, lower, upper, value_and_gradient=gradient, step_scale=step_scale)
+    information = deviance.deviance_gradient_information if deviance.single_factor else None
+    report = minimize_deviance(
+        deviance,
+        start,
+        lower,
+        upper,
+        value_and_gradient=gradient,
+        step_scale=step_scale,
+        value_gradient_information=information,
+    )
     design = Design(
         formula=reduced.formula,
         y=None,

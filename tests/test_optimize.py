@@ -92,3 +92,53 @@ def test_scaled_first_step_does_not_evaluate_the_start_twice():
     assert report.converged
     near_start = [p for p in points if np.allclose(p, start, rtol=1e-12, atol=0)]
     assert len(near_start) == 1
+
+
+def _growth(n_groups=2000, seed=3):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), 6)
+    t = np.tile(np.arange(6.0), n_groups)
+    b = rng.multivariate_normal([0, 0], [[1.0, 0.1], [0.1, 0.09]], n_groups)
+    y = 1 + 0.5 * t + b[g, 0] + b[g, 1] * t + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "t": t, "g": g})
+
+
+def test_fisher_scoring_reaches_the_lbfgs_optimum_in_a_few_evaluations():
+    """Scoring from the moment start: two or three evaluations, the same optimum as L-BFGS-B alone."""
+    import mixedfx
+    from mixedfx.design import build_design
+    from mixedfx.formula import parse_formula
+    from mixedfx.model import build_deviance, theta_bounds
+    from mixedfx.start import starting_point
+
+    data = _growth()
+    fit = mixedfx.fit("y ~ t + (1 + t | g)", data)
+    assert fit.converged and fit.optimum.n_evaluations <= 3
+    design = build_design(parse_formula("y ~ t + (1 + t | g)"), data)
+    deviance, _ = build_deviance(design, True)
+    theta0, lower, upper = theta_bounds(design)
+    start, step = starting_point(deviance, design.blocks, theta0)
+    plain = minimize_deviance(deviance, start, lower, upper, value_and_gradient=deviance.deviance_and_gradient,
+                              step_scale=step)
+    assert plain.n_evaluations > fit.optimum.n_evaluations
+    assert fit.optimum.deviance <= plain.deviance + 1e-9 * abs(plain.deviance)
+    np.testing.assert_allclose(fit.theta_engine, plain.theta, rtol=1e-4)
+
+
+def test_fisher_scoring_respects_the_iteration_limit_and_falls_back_at_a_bound():
+    import mixedfx
+    from mixedfx.errors import ConvergenceWarning
+
+    data = _growth(200)
+    with pytest.warns(ConvergenceWarning):
+        stopped = mixedfx.fit("y ~ t + (1 + t | g)", data, max_iterations=1, start=np.array([3.0, 0.0, 1.0]))
+    assert not stopped.converged and stopped.optimum.n_evaluations <= 3
+    # No slope variance at all: scoring's steps run into the bound and L-BFGS-B finishes there.
+    flat = data.assign(y=data["y"] - 0.0)
+    rng = np.random.default_rng(0)
+    flat["y"] = 1 + 0.5 * flat["t"] + rng.normal(size=200)[flat["g"]] + rng.normal(size=len(flat))
+    with pytest.warns(mixedfx.errors.SingularFitWarning):
+        singular = mixedfx.fit("y ~ t + (1 + t | g)", flat)
+    assert singular.converged and singular.singular
