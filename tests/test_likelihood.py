@@ -135,3 +135,37 @@ def test_light_solution_reuses_the_last_pass_at_the_same_theta(monkeypatch):
     deviance.offset = 2.0  # another offset (R-side models): a new pass with it
     assert deviance.light_solution(theta).deviance == pytest.approx(value + 2.0, rel=1e-14)
     assert len(passes) == before + 2
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_expected_information_approximates_the_hessian(reml):
+    """With many clusters the expected information is close to the finite-difference Hessian of
+    the profiled deviance near the optimum (it drives Fisher scoring); value and gradient are the
+    plain ones.  (Far from the optimum expected and observed information differ: scoring then
+    still descends, only more slowly.)"""
+    import mixedfx
+
+    rng = np.random.default_rng(8)
+    m = 3000
+    g = np.repeat(np.arange(m), 5)
+    t = np.tile(np.arange(5.0), m) + rng.normal(size=g.size) * 0.1
+    b = rng.multivariate_normal([0, 0], [[1.0, 0.2], [0.2, 0.25]], m)
+    data = pd.DataFrame({"y": 1 + t + b[g, 0] + b[g, 1] * t + rng.normal(size=g.size), "t": t, "g": g})
+    design = build_design(parse_formula("y ~ t + (1 + t | g)"), data)
+    deviance, _ = build_deviance(design, reml)
+    theta = mixedfx.fit("y ~ t + (1 + t | g)", data, method="reml" if reml else "ml").theta_engine
+    value, gradient, information = deviance.deviance_gradient_information(theta)
+    plain = deviance.deviance_and_gradient(theta)
+    assert value == plain[0]
+    np.testing.assert_allclose(gradient, plain[1], rtol=1e-12)
+    eps = 1e-5
+    hessian = np.array(
+        [
+            (deviance.deviance_and_gradient(theta + eps * e)[1] - deviance.deviance_and_gradient(theta - eps * e)[1])
+            / (2 * eps)
+            for e in np.eye(3)
+        ]
+    )
+    np.testing.assert_allclose(information, information.T)
+    assert np.abs(information - hessian).max() < 0.01 * np.abs(hessian).max()
+    assert np.all(np.linalg.eigvalsh(information) > 0)
