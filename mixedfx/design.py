@@ -333,9 +333,10 @@ def _group_codes(data: pd.DataFrame, factor: tuple[str, ...]) -> tuple[np.ndarra
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 
-#: From this many rows on, formulas of plain numeric columns are built without formulaic's
-#: materialisation (formulaic still parses them; its model spec is made on first use).
-DIRECT_ROWS = 50_000
+#: From this many rows on (that is, always), formulas of plain numeric columns are built
+#: without formulaic's materialisation (formulaic still parses them; its model spec is made
+#: on first use, for predictions on new data).  Tests set it high to compare with formulaic.
+DIRECT_ROWS = 0
 
 
 class DeferredSpec:
