@@ -13,6 +13,13 @@ For one grouping factor the sufficient statistics give, cheaply and without the 
 and turned into ``theta``.  Starting there instead of at ``Lambda = I`` saves the optimiser
 a third of its iterations on large two-level models; whenever the moments are unusable
 (too few clusters with enough observations, non-finite values) the default start stays.
+
+Crossed or nested factors with random intercepts only get an ANOVA-type (Henderson method 1)
+start: with OLS residuals ``r``, the sums of squares ``r'r`` and ``Q_k = sum_j (Z_k'r)_j^2 / n_kj``
+have expectations (ignoring the fixed effects' few degrees of freedom)
+``E[r'r] = n (s^2 + sum_l v_l)`` and ``E[Q_k] = m_k s^2 + sum_l v_l c_kl`` with
+``c_kl = sum_j sum_h N_kl[j, h]^2 / n_kj`` (``N_kl`` the levels' cross-counts, ``c_kk = n``),
+a linear system for the residual variance ``s^2`` and the factors' variances ``v_k``.
 """
 
 from __future__ import annotations
@@ -94,10 +101,16 @@ def _cluster_moments(S: np.ndarray, g: np.ndarray) -> tuple[int, np.ndarray, np.
 def starting_point(deviance, blocks: list, default: np.ndarray) -> tuple[np.ndarray, float]:
     """``(theta0, step_scale)`` for :func:`mixedfx.optimize.minimize_deviance`.
 
-    One grouping factor: the moment start and a short first step; otherwise ``default`` and 1.
+    One grouping factor: the moment start and a short first step; several factors with
+    random intercepts only: the ANOVA start and a short first step; otherwise ``default`` and 1.
     """
     if not deviance.single_factor:
-        return default, 1.0
+        deviance.use_columns()
+        with np.errstate(all="ignore"):
+            theta = _intercepts_theta(deviance.stats, blocks)
+        if theta is None or theta.shape != default.shape or not np.all(np.isfinite(theta)):
+            return default, 1.0
+        return theta, MOMENT_START_STEP
     deviance.use_columns()  # statistics shared with other fits: in this deviance's columns
     theta = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], default)
     return theta, MOMENT_START_STEP
@@ -136,4 +149,62 @@ def _moment_theta(stats: SufficientStats, terms: list[tuple[slice, CovStructure]
         lower, upper = structure.lower_bounds(), structure.upper_bounds()
         finite_upper = np.where(np.isfinite(upper), upper - 0.01, np.inf)
         thetas.append(np.clip(theta, lower, finite_upper))
+    return np.concatenate(thetas)
+
+
+def _is_random_intercept(block) -> bool:
+    """Whether a block is one random-intercept term (``(1 | g)``)."""
+    return block.q == 1 and len(block.terms) == 1 and block.names == ["(Intercept)"]
+
+
+def _intercepts_theta(stats: SufficientStats, blocks: list) -> np.ndarray | None:
+    """The ANOVA start (module docstring) for factors that all have one random intercept, else None."""
+    if not all(_is_random_intercept(b) for b in blocks) or stats.rest_Z1 is None or stats.p == 0:
+        return None
+    try:
+        beta = np.linalg.solve(stats.XtX, stats.Xty)
+    except np.linalg.LinAlgError:
+        return None
+    n = stats.n
+    counts = [stats.first_ZtZ[0, 0]]  # per level of each factor: n_kj
+    sums = [stats.first_Zty[0] - beta @ stats.first_ZtX[0]]  # Z_k'r
+    rest_counts = np.diag(stats.rest_ZtZ)
+    rest_sums = stats.rest_Zty - stats.rest_ZtX @ beta
+    edges = np.cumsum([0] + [m for _, m in stats.rest_sizes])
+    for a, b in zip(edges[:-1], edges[1:]):
+        counts.append(rest_counts[a:b])
+        sums.append(rest_sums[a:b])
+    if any(np.any(c <= 0) for c in counts):
+        return None
+    K = len(counts)
+    Z1 = stats.rest_Z1.tocsc()
+    system = np.empty((K + 1, K + 1))
+    rhs = np.empty(K + 1)
+    system[0] = n
+    rhs[0] = float(stats.yty - 2 * beta @ stats.Xty + beta @ stats.XtX @ beta)
+    for k in range(K):
+        system[k + 1, 0] = counts[k].size
+        rhs[k + 1] = float(np.sum(sums[k] ** 2 / counts[k]))
+        for other in range(K):
+            if k == other:
+                system[k + 1, other + 1] = n
+                continue
+            if k == 0:
+                cross = Z1[edges[other - 1] : edges[other], :].T  # N_1l: levels of factor 1 x levels of l
+            elif other == 0:
+                cross = Z1[edges[k - 1] : edges[k], :]
+            else:
+                cross = stats.rest_ZtZ[edges[k - 1] : edges[k], edges[other - 1] : edges[other]]
+            squares = cross.multiply(cross) if hasattr(cross, "multiply") else cross**2
+            system[k + 1, other + 1] = float(np.asarray(squares.sum(axis=1)).ravel() @ (1.0 / counts[k]))
+    try:
+        sigma2, *variances = np.linalg.solve(system, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    if not sigma2 > 0:
+        return None
+    relative = np.maximum(np.asarray(variances) / sigma2, MIN_RELATIVE_SD**2)
+    thetas = [
+        block.terms[0].structure.theta_from_relative_covariance(np.array([[r]])) for block, r in zip(blocks, relative)
+    ]
     return np.concatenate(thetas)

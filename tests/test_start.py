@@ -81,3 +81,40 @@ def test_moments_in_chunks_equal_one_pass(monkeypatch):
     whole = moment_start(deviance.stats, terms, np.zeros(3))
     monkeypatch.setattr(start_module, "CHUNK", 7)
     np.testing.assert_allclose(moment_start(deviance.stats, terms, np.zeros(3)), whole, rtol=1e-10)
+
+
+def _crossed(seed: int = 2, n: int = 20_000) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 800, n), rng.integers(0, 60, n)
+    x = rng.normal(size=n)
+    y = 1 + 0.5 * x + 1.2 * rng.normal(size=800)[a] + 0.6 * rng.normal(size=60)[b] + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x": x, "a": a, "b": b})
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a) + (1 | b)", "y ~ x + (1 | b) + (1 | a)"])
+def test_anova_start_of_crossed_intercepts_is_close_and_saves_evaluations(formula):
+    from mixedfx.start import starting_point
+
+    data = _crossed()
+    design = build_design(parse_formula(formula), data)
+    deviance, _ = build_deviance(design, reml=True)
+    default = theta_bounds(design)[0]
+    start, step = starting_point(deviance, design.blocks, default)
+    fit = mixedfx.fit(formula, data)
+    assert step < 1 and not np.array_equal(start, default)
+    np.testing.assert_allclose(start, fit.theta_engine, rtol=0.15)  # relative SDs ~1.2 and ~0.6
+    from_default = mixedfx.fit(formula, data, start=default)
+    assert fit.loglik == pytest.approx(from_default.loglik, abs=1e-6)
+    assert fit.optimum.n_evaluations < from_default.optimum.n_evaluations
+
+
+def test_anova_start_only_for_random_intercepts():
+    from mixedfx.start import starting_point
+
+    data = _crossed().assign(t=lambda d: np.tile(np.arange(4.0), len(d) // 4))
+    design = build_design(parse_formula("y ~ x + (1 + t | a) + (1 | b)"), data)
+    deviance, _ = build_deviance(design, reml=True)
+    default = theta_bounds(design)[0]
+    start, step = starting_point(deviance, design.blocks, default)
+    np.testing.assert_array_equal(start, default)
+    assert step == 1.0
