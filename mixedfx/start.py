@@ -104,15 +104,14 @@ def starting_point(deviance, blocks: list, default: np.ndarray) -> tuple[np.ndar
     One grouping factor: the moment start and a short first step; several factors with
     random intercepts only: the ANOVA start and a short first step; otherwise ``default`` and 1.
     """
-    if not deviance.single_factor:
-        deviance.use_columns()
-        with np.errstate(all="ignore"):
-            theta = _intercepts_theta(deviance.stats, blocks)
-        if theta is None or theta.shape != default.shape or not np.all(np.isfinite(theta)):
-            return default, 1.0
-        return theta, MOMENT_START_STEP
     deviance.use_columns()  # statistics shared with other fits: in this deviance's columns
-    theta = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], default)
+    if deviance.single_factor:
+        theta = moment_start(deviance.stats, [(t.columns, t.structure) for t in blocks[0].terms], default)
+        return theta, MOMENT_START_STEP
+    with np.errstate(all="ignore"):
+        theta = _intercepts_theta(deviance.stats, blocks)
+    if theta is None or theta.shape != default.shape or not np.all(np.isfinite(theta)):
+        return default, 1.0
     return theta, MOMENT_START_STEP
 
 
@@ -157,6 +156,29 @@ def _is_random_intercept(block) -> bool:
     return block.q == 1 and len(block.terms) == 1 and block.names == ["(Intercept)"]
 
 
+def _level_counts_and_sums(stats: SufficientStats, beta: np.ndarray) -> tuple[list, list, np.ndarray]:
+    """Per factor: the levels' counts ``n_kj`` and residual sums ``(Z_k'r)_j``; and where each
+    outer factor's levels start in the ``rest_*`` statistics."""
+    counts = [stats.first_ZtZ[0, 0]]
+    sums = [stats.first_Zty[0] - beta @ stats.first_ZtX[0]]
+    rest_counts = np.diag(stats.rest_ZtZ)
+    rest_sums = stats.rest_Zty - stats.rest_ZtX @ beta
+    edges = np.cumsum([0] + [m for _, m in stats.rest_sizes])
+    for a, b in zip(edges[:-1], edges[1:]):
+        counts.append(rest_counts[a:b])
+        sums.append(rest_sums[a:b])
+    return counts, sums, edges
+
+
+def _cross_counts(stats: SufficientStats, Z1, edges: np.ndarray, k: int, other: int):
+    """``N_k,other``: cross-counts of the levels of factor ``k`` (rows) and ``other`` (columns)."""
+    if k == 0:
+        return Z1[edges[other - 1] : edges[other], :].T
+    if other == 0:
+        return Z1[edges[k - 1] : edges[k], :]
+    return stats.rest_ZtZ[edges[k - 1] : edges[k], edges[other - 1] : edges[other]]
+
+
 def _intercepts_theta(stats: SufficientStats, blocks: list) -> np.ndarray | None:
     """The ANOVA start (module docstring) for factors that all have one random intercept, else None."""
     if not all(_is_random_intercept(b) for b in blocks) or stats.rest_Z1 is None or stats.p == 0:
@@ -165,38 +187,22 @@ def _intercepts_theta(stats: SufficientStats, blocks: list) -> np.ndarray | None
         beta = np.linalg.solve(stats.XtX, stats.Xty)
     except np.linalg.LinAlgError:
         return None
-    n = stats.n
-    counts = [stats.first_ZtZ[0, 0]]  # per level of each factor: n_kj
-    sums = [stats.first_Zty[0] - beta @ stats.first_ZtX[0]]  # Z_k'r
-    rest_counts = np.diag(stats.rest_ZtZ)
-    rest_sums = stats.rest_Zty - stats.rest_ZtX @ beta
-    edges = np.cumsum([0] + [m for _, m in stats.rest_sizes])
-    for a, b in zip(edges[:-1], edges[1:]):
-        counts.append(rest_counts[a:b])
-        sums.append(rest_sums[a:b])
+    counts, sums, edges = _level_counts_and_sums(stats, beta)
     if any(np.any(c <= 0) for c in counts):
         return None
-    K = len(counts)
+    K, n = len(counts), stats.n
     Z1 = stats.rest_Z1.tocsc()
-    system = np.empty((K + 1, K + 1))
+    system = np.full((K + 1, K + 1), float(n))  # row 0 and the diagonal c_kk = n
     rhs = np.empty(K + 1)
-    system[0] = n
-    rhs[0] = float(stats.yty - 2 * beta @ stats.Xty + beta @ stats.XtX @ beta)
+    rhs[0] = float(stats.yty - 2 * beta @ stats.Xty + beta @ stats.XtX @ beta)  # r'r
     for k in range(K):
         system[k + 1, 0] = counts[k].size
         rhs[k + 1] = float(np.sum(sums[k] ** 2 / counts[k]))
         for other in range(K):
-            if k == other:
-                system[k + 1, other + 1] = n
-                continue
-            if k == 0:
-                cross = Z1[edges[other - 1] : edges[other], :].T  # N_1l: levels of factor 1 x levels of l
-            elif other == 0:
-                cross = Z1[edges[k - 1] : edges[k], :]
-            else:
-                cross = stats.rest_ZtZ[edges[k - 1] : edges[k], edges[other - 1] : edges[other]]
-            squares = cross.multiply(cross) if hasattr(cross, "multiply") else cross**2
-            system[k + 1, other + 1] = float(np.asarray(squares.sum(axis=1)).ravel() @ (1.0 / counts[k]))
+            if other != k:
+                N = _cross_counts(stats, Z1, edges, k, other)
+                squares = N.multiply(N) if hasattr(N, "multiply") else N**2
+                system[k + 1, other + 1] = float(np.asarray(squares.sum(axis=1)).ravel() @ (1.0 / counts[k]))
     try:
         sigma2, *variances = np.linalg.solve(system, rhs)
     except np.linalg.LinAlgError:
