@@ -166,6 +166,18 @@ def projected_gradient(grad: np.ndarray, x: np.ndarray, lower: np.ndarray, upper
 SCORING_STEPS = 8
 SCORING_HALVINGS = 8
 
+#: Largest deviance decrease a further scoring step may promise at convergence.
+SCORING_GAIN = 1e-7
+
+
+def _scoring_step(g: np.ndarray, info: np.ndarray, x: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    """Newton step ``-info^{-1} g`` on the parameters not held at a bound (zero on those)."""
+    held = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
+    free = ~held
+    step = np.zeros_like(x)
+    step[free] = -la.cho_solve(la.cho_factor(info[np.ix_(free, free)]), g[free])
+    return step
+
 
 def fisher_scoring(
     counted: _Counter,
@@ -179,32 +191,37 @@ def fisher_scoring(
     """Newton steps with the expected information from ``x``: (converged, steps taken).
 
     ``first`` is ``(deviance, gradient, information)`` at ``x``; converged means the
-    projected gradient is below ``gtol``.
-    With many clusters the expected information is within O(1/sqrt(m)) of the Hessian, so
-    from a moment start one or two steps reach the optimum (L-BFGS-B needs five or more
-    evaluations to learn the curvature).  A step is halved until the deviance does not
-    increase beyond its rounding noise.  Scoring gives up (False, and L-BFGS-B continues
-    from the best point) when a step would cross a bound (a variance near zero), the
-    information is not positive definite, or halving does not help.
+    projected gradient is below ``gtol`` and a further step would gain no more than rounding
+    noise.  With many clusters the expected information is within O(1/sqrt(m)) of the
+    Hessian, so from a moment start one or two steps reach the optimum (L-BFGS-B needs five
+    or more evaluations to learn the curvature).  Steps are projected on the bounds (a
+    parameter held at a bound it pushes against stays there) and halved until the deviance
+    does not increase beyond its rounding noise.  Scoring gives up (False, and L-BFGS-B
+    continues from the best point) when the information is not positive definite or
+    halving does not help.
     """
     f, g, info = first
     steps = 0
     while True:
         if not np.isfinite(f) or info is None:
             return False, steps
-        if np.all(np.abs(projected_gradient(g, x, lower, upper)) < gtol):
-            return True, steps
-        if steps >= max_steps:
-            return False, steps
         try:
-            step = -la.cho_solve(la.cho_factor(info), g)
+            step = _scoring_step(g, info, x, lower, upper)
         except (np.linalg.LinAlgError, ValueError):
             return False, steps
         noise = 1e-12 * max(1.0, abs(f))
+        # Converged: a flat gradient, and a next step that would gain no more than the
+        # deviance's rounding noise (along a nearly flat direction a small gradient can still
+        # leave 1e-5 on the table).
+        flat = np.all(np.abs(projected_gradient(g, x, lower, upper)) < gtol)
+        if flat and -0.5 * (g @ step) <= max(SCORING_GAIN, noise):
+            return True, steps
+        if steps >= max_steps:
+            return False, steps
         steps += 1
         for _ in range(SCORING_HALVINGS):
-            trial = x + step
-            if np.any(trial <= lower) or np.any(trial >= upper):
+            trial = np.clip(x + step, lower, upper)
+            if np.array_equal(trial, x):
                 return False, steps
             f_trial, g_trial, info_trial = counted.with_information(trial)
             if f_trial <= f + noise:

@@ -120,8 +120,9 @@ def test_fisher_scoring_reaches_the_lbfgs_optimum_in_a_few_evaluations():
     deviance, _ = build_deviance(design, True)
     theta0, lower, upper = theta_bounds(design)
     start, step = starting_point(deviance, design.blocks, theta0)
-    plain = minimize_deviance(deviance, start, lower, upper, value_and_gradient=deviance.deviance_and_gradient,
-                              step_scale=step)
+    plain = minimize_deviance(
+        deviance, start, lower, upper, value_and_gradient=deviance.deviance_and_gradient, step_scale=step
+    )
     assert plain.n_evaluations > fit.optimum.n_evaluations
     assert fit.optimum.deviance <= plain.deviance + 1e-9 * abs(plain.deviance)
     np.testing.assert_allclose(fit.theta_engine, plain.theta, rtol=1e-4)
@@ -135,10 +136,47 @@ def test_fisher_scoring_respects_the_iteration_limit_and_falls_back_at_a_bound()
     with pytest.warns(ConvergenceWarning):
         stopped = mixedfx.fit("y ~ t + (1 + t | g)", data, max_iterations=1, start=np.array([3.0, 0.0, 1.0]))
     assert not stopped.converged and stopped.optimum.n_evaluations <= 3
-    # No slope variance at all: scoring's steps run into the bound and L-BFGS-B finishes there.
-    flat = data.assign(y=data["y"] - 0.0)
+    # No slope variance at all: the fit ends on the bound (scoring's steps are projected on it).
+    flat = data.copy()
     rng = np.random.default_rng(0)
     flat["y"] = 1 + 0.5 * flat["t"] + rng.normal(size=200)[flat["g"]] + rng.normal(size=len(flat))
     with pytest.warns(mixedfx.errors.SingularFitWarning):
         singular = mixedfx.fit("y ~ t + (1 + t | g)", flat)
     assert singular.converged and singular.singular
+
+
+def test_fisher_scoring_follows_a_nearly_flat_direction_onto_the_bound():
+    """A slope SD near zero: the deviance is flat there, so a small gradient still left 3e-6 of
+    log-likelihood when scoring gave up at the bound; projected steps reach the boundary optimum
+    that L-BFGS-B alone finds (and the fit is reported singular)."""
+    import warnings
+
+    import pandas as pd
+
+    import mixedfx
+    import mixedfx.model
+
+    rng = np.random.default_rng(2)
+    m, per = 2000, 3
+    g = np.repeat(np.arange(m), per)
+    t = np.tile(np.arange(per, dtype=float), m)
+    x = rng.normal(size=g.size)
+    b = rng.normal(size=(m, 3)) * [1.0, 0.01, 0.3]
+    data = pd.DataFrame(
+        {"y": 1 + 0.5 * t + 0.2 * x + b[g, 0] + b[g, 1] * t + rng.normal(size=g.size), "t": t, "x": x, "g": g}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scored = mixedfx.fit("y ~ t + x + (1 + t | g)", data, method="ml")
+
+        def without_scoring(*args, **kwargs):
+            return minimize_deviance(*args, **{**kwargs, "value_gradient_information": None})
+
+        original = mixedfx.model.minimize_deviance
+        mixedfx.model.minimize_deviance = without_scoring
+        try:
+            plain = mixedfx.fit("y ~ t + x + (1 + t | g)", data, method="ml")
+        finally:
+            mixedfx.model.minimize_deviance = original
+    assert scored.converged and scored.singular
+    assert scored.loglik >= plain.loglik - 1e-8
