@@ -2,7 +2,7 @@
 
 With one grouping factor the likelihood has an analytic gradient and expected information:
 Fisher scoring starts (one or two steps from a moment start when there are many clusters)
-and L-BFGS-B (scipy) takes over if scoring stops short, e.g. at a variance near zero.
+and L-BFGS-B (scipy) takes over if scoring stalls (its steps are projected on the bounds).
 Otherwise L-BFGS-B runs with forward-difference gradients.  Both stop once the projected
 gradient is below the deviance's rounding noise (:func:`gradient_tolerance`).  The optimum is then checked
 (central differences for the numerical case, one-sided at an active bound), as lme4's
