@@ -4,7 +4,8 @@ Builds everything the likelihood needs from a parsed formula and a DataFrame:
 
 - listwise deletion of rows with missing values in any variable the model uses (counted);
 - ``X`` through formulaic (treatment coding, interactions, transformations), with aliased
-  columns dropped as lme4 does;
+  columns dropped as lme4 does; formulas of plain numeric columns are built straight from
+  formulaic's parse (no materialisation; the spec for new data is made on first use);
 - one :class:`ReBlock` per grouping factor, holding the columns of every random term on
   that factor (so ``(1|g) + (0 + x|g)`` shares one block with a block-diagonal factor);
 - optional observation weights ``w`` (residual variance ``sigma^2 / w``).
