@@ -70,8 +70,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from .io import check_output_path
     from .model import fit
 
+    check_output_path(args.output, inputs=(args.data,))
     data = _load(args.data)
     for name in (args.x, args.time, args.by):
         if name is not None and name not in data.columns:

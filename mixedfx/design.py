@@ -29,6 +29,7 @@ from formulaic.errors import FormulaicError
 from .covariance import CovStructure, canonical_structure
 from .errors import DataError, FormulaError, IdentifiabilityWarning, RankDeficiencyWarning, suggest
 from .formula import ParsedFormula, RandomTerm
+from .spec.expressions import evaluation_context, factor_variables
 
 #: Relative tolerance for detecting aliased fixed-effect columns (lme4 uses 1e-7).
 RANK_TOLERANCE = 1e-7
@@ -202,21 +203,26 @@ def parsed_formula(expr: str) -> Formula:
     return Formula(expr)
 
 
+def formula_factors(parsed: Formula) -> list:
+    """Every factor of a parsed formula (response and right-hand side)."""
+    parts = [parsed.lhs, parsed.rhs] if hasattr(parsed, "rhs") else [parsed]
+    return [factor for part in parts for term in part for factor in term.factors]
+
+
 def _required_variables(expr: str, where: str) -> set[str]:
-    """Variables an expression uses, according to formulaic (raises FormulaError if it cannot parse)."""
+    """Variables an expression uses, after checking that it may be evaluated (:mod:`mixedfx.spec.expressions`)."""
     try:
-        return {str(v) for v in parsed_formula(expr).required_variables}
+        parsed = parsed_formula(expr)
     except (FormulaicError, SyntaxError, ValueError) as exc:
         raise FormulaError(f"Cannot parse {where} {expr!r}: {exc}") from exc
+    return factor_variables(formula_factors(parsed))
 
 
 def _check_columns(variables: set[str], columns, where: str) -> None:
     """Raise DataError for a variable that is not one of ``columns`` (a DataFrame or names), with suggestions."""
-    import builtins
-
     columns = [str(c) for c in (columns.columns if isinstance(columns, pd.DataFrame) else columns)]
     for var in sorted(variables):
-        if var in columns or hasattr(np, var) or hasattr(builtins, var) or var in ("np", "C", "I"):
+        if var in columns:
             continue
         raise DataError(f"Unknown variable {var!r} in {where}: no such column in the data.{suggest(var, columns)}")
 
@@ -355,12 +361,15 @@ class DeferredSpec:
     def spec(self):
         """The formulaic ModelSpec (of the right-hand side when ``part == "rhs"``)."""
         if self._spec is None:
-            matrices = model_matrix(parsed_formula(self._formula), self._head, na_action="raise")
+            matrices = model_matrix(
+                parsed_formula(self._formula), self._head, na_action="raise", context=evaluation_context()
+            )
             self._spec = (getattr(matrices, self._part) if self._part else matrices).model_spec
         return self._spec
 
     def get_model_matrix(self, data: pd.DataFrame, **kwargs):
         """The model matrix of ``data`` (formulaic's ``ModelSpec.get_model_matrix``)."""
+        kwargs.setdefault("context", evaluation_context())
         return self.spec.get_model_matrix(data, **kwargs)
 
     def __getattr__(self, name: str):
@@ -430,7 +439,9 @@ def _fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarr
         if direct is not None and direct[0] is not None and direct[0].shape[1] == 1:
             lhs, X, spec, names = direct
             return lhs[:, 0], X, [lme4_name(c) for c in names], spec
-        matrices = model_matrix(parsed_formula(parsed.fixed_formula), data, na_action="raise")
+        matrices = model_matrix(
+            parsed_formula(parsed.fixed_formula), data, na_action="raise", context=evaluation_context()
+        )
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed_formula}': {exc}") from exc
     lhs = matrices.lhs
@@ -503,7 +514,7 @@ def _term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, lis
             if Z.shape[1] == 0:
                 raise FormulaError(f"Random term ({term.expr} | {term.group_name}) has no columns.")
             return Z, [lme4_name(c) for c in names], spec
-        mm = model_matrix(parsed_formula(term.expr), data, na_action="raise")
+        mm = model_matrix(parsed_formula(term.expr), data, na_action="raise", context=evaluation_context())
     except (FormulaicError, SyntaxError, ValueError, TypeError, KeyError) as exc:
         raise FormulaError(f"Cannot build random term ({term.expr} | {term.group_name}): {exc}") from exc
     Z = np.asarray(mm, dtype=float)

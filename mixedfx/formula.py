@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from formulaic import Formula
+from formulaic.errors import FormulaicError
+
 from .errors import FormulaError, caret
+from .spec.expressions import factor_variables
 
 
 @dataclass(frozen=True)
@@ -175,4 +179,18 @@ def parse_formula(formula: str) -> ParsedFormula:
         else:
             fixed_pieces.append(piece.strip())
     fixed = " + ".join(fixed_pieces) if fixed_pieces else "1"
-    return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random_terms))
+    parsed = ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random_terms))
+    _check_expressions(parsed)
+    return parsed
+
+
+def _check_expressions(parsed: ParsedFormula) -> None:
+    """Refuse, before any evaluation, a formula whose pieces are not safe expressions."""
+    pieces = [parsed.fixed_formula] + [term.expr for term in parsed.random]
+    for piece in pieces:
+        try:
+            formula = Formula(piece)
+        except (FormulaicError, SyntaxError, ValueError) as exc:
+            raise FormulaError(f"Cannot parse {piece!r}: {exc}") from exc
+        parts = [formula.lhs, formula.rhs] if hasattr(formula, "rhs") else [formula]
+        factor_variables([factor for part in parts for term in part for factor in term.factors])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -83,3 +84,24 @@ def read_data(source: str | Path | pd.DataFrame, progress: bool = False) -> pd.D
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"Cannot read {str(path)!r} as {suffix} data: {first_line}") from exc
+
+
+def check_output_path(path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """``path`` as a file that may be written: not a directory, not one of ``inputs``, writable.
+
+    Checked before any work is done, so that a long fit does not end in a failed write, and
+    a report can never overwrite the data it was made from.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise DataError(f"Output {str(target)!r} is a directory; give a file name such as report.html.")
+    resolved = target.resolve()
+    for source in inputs:
+        if Path(source).exists() and Path(source).resolve() == resolved:
+            raise DataError(f"Output {str(target)!r} is the input data file; choose another output name.")
+    folder = resolved.parent
+    if not folder.is_dir():
+        raise DataError(f"Cannot write {str(target)!r}: the folder {str(folder)!r} does not exist.")
+    if (target.exists() and not os.access(target, os.W_OK)) or not os.access(folder, os.W_OK):
+        raise DataError(f"Cannot write {str(target)!r}: permission denied.")
+    return target

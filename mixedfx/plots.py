@@ -56,8 +56,9 @@ def trajectories(
 def cluster_ols_lines(data: pd.DataFrame, x: str, y: str, group: str, min_size: int = 5) -> Figure:
     """Per-cluster OLS regression lines of ``y`` on ``x`` for clusters with at least ``min_size`` rows."""
     from .prediction import ols_by_group
+    from .spec.expressions import quote_name
 
-    table = ols_by_group(f"{y} ~ {x}", data, group, min_size=min_size).dropna(subset=[x])
+    table = ols_by_group(f"{quote_name(y)} ~ {quote_name(x)}", data, group, min_size=min_size).dropna(subset=[x])
     fig, ax = plt.subplots(figsize=(6, 4.5))
     grid = np.linspace(data[x].min(), data[x].max(), 2)
     for _, row in table.iterrows():

@@ -18,9 +18,10 @@ import pandas as pd
 from formulaic import model_matrix
 from scipy import stats as st
 
-from .design import ReBlock, lme4_name
+from .design import ReBlock, _check_columns, _required_variables, lme4_name
 from .errors import DataError, OptionError
 from .results import require_rows  # noqa: E402
+from .spec.expressions import evaluation_context
 
 POPULATION = ("population", "xb", "fixed", 0)
 SUBJECT = ("subject", "fitted", "conditional", 1)
@@ -37,7 +38,7 @@ def _level_kind(level: object) -> str:
 def _fixed_matrix(result, data: pd.DataFrame) -> np.ndarray:
     """Fixed-effects design of new data, in the fitted model's columns."""
     try:
-        mm = result.design.fixed_spec.get_model_matrix(data, na_action="raise")
+        mm = result.design.fixed_spec.get_model_matrix(data, na_action="raise", context=evaluation_context())
     except Exception as exc:  # formulaic raises several types for bad new data
         raise DataError(f"Cannot build the fixed effects for the new data: {exc}") from exc
     frame = pd.DataFrame(np.asarray(mm, dtype=float), columns=[lme4_name(str(c)) for c in mm.columns])
@@ -49,7 +50,11 @@ def _random_matrix(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
     parts = []
     for term in block.terms:
         try:
-            parts.append(np.asarray(term.spec.get_model_matrix(data, na_action="raise"), dtype=float))
+            parts.append(
+                np.asarray(
+                    term.spec.get_model_matrix(data, na_action="raise", context=evaluation_context()), dtype=float
+                )
+            )
         except Exception as exc:
             raise DataError(f"Cannot build random term ({term.expr} | {block.name}) for the new data: {exc}") from exc
     return np.hstack(parts)
@@ -188,7 +193,8 @@ def ols_by_group(formula: str, data: pd.DataFrame, group: str, min_size: int = 1
         from .errors import suggest
 
         raise DataError(f"Unknown group column {group!r}.{suggest(group, map(str, data.columns))}")
-    mm = model_matrix(formula, data, na_action="drop")
+    _check_columns(_required_variables(formula, "the formula"), data, "the formula")
+    mm = model_matrix(formula, data, na_action="drop", context=evaluation_context())
     y = np.asarray(mm.lhs, dtype=float).ravel()
     X = np.asarray(mm.rhs, dtype=float)
     names = [lme4_name(str(c)) for c in mm.rhs.columns]

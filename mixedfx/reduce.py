@@ -26,12 +26,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from formulaic import Formula, model_matrix
+from formulaic import model_matrix
 
 from .covariance import CovStructure, canonical_structure
-from .design import Design, LevelLabels, ReBlock, ReTerm, _check_columns, aliased_columns, lme4_name
+from .design import (
+    Design,
+    LevelLabels,
+    ReBlock,
+    ReTerm,
+    _check_columns,
+    _required_variables,
+    aliased_columns,
+    lme4_name,
+)
 from .errors import DataError, FormulaError, OptionError, RankDeficiencyWarning, suggest
 from .formula import ParsedFormula, parse_formula
+from .spec.expressions import evaluation_context
 from .stats import Scaling, SufficientStats
 
 # ---------------------------------------------------------------------------- data model
@@ -109,12 +119,12 @@ def plan_columns(parsed: ParsedFormula, prototype: pd.DataFrame, levels: dict[st
     frame = prototype.copy()
     for col, values in levels.items():
         frame[col] = pd.Categorical(frame[col], categories=values)
-    mm = model_matrix(parsed.fixed_formula, frame, na_action="raise")
+    mm = model_matrix(parsed.fixed_formula, frame, na_action="raise", context=evaluation_context())
     if mm.lhs.shape[1] != 1:
         raise DataError(f"The response {parsed.response!r} must be one numeric column.")
     terms = []
     for term in parsed.random:
-        zm = model_matrix(term.expr, frame, na_action="raise")
+        zm = model_matrix(term.expr, frame, na_action="raise", context=evaluation_context())
         terms.append((term.expr, term.factor, term.covariance, [lme4_name(str(c)) for c in zm.columns], zm.model_spec))
     variables = _vars(parsed)
     return ColumnPlan(
@@ -132,9 +142,13 @@ def _matrices(plan: ColumnPlan, frame: pd.DataFrame) -> tuple[np.ndarray, np.nda
     frame = frame.copy()
     for col, values in plan.categorical_levels.items():
         frame[col] = pd.Categorical(frame[col], categories=values)
-    X = np.asarray(plan.fixed_spec.get_model_matrix(frame, na_action="raise"), dtype=float)
-    y = np.asarray(model_matrix(plan.response, frame, na_action="raise"), dtype=float)[:, -1]
-    Zs = [np.asarray(spec.get_model_matrix(frame, na_action="raise"), dtype=float) for *_, spec in plan.terms]
+    context = evaluation_context()
+    X = np.asarray(plan.fixed_spec.get_model_matrix(frame, na_action="raise", context=context), dtype=float)
+    y = np.asarray(model_matrix(plan.response, frame, na_action="raise", context=context), dtype=float)[:, -1]
+    Zs = [
+        np.asarray(spec.get_model_matrix(frame, na_action="raise", context=context), dtype=float)
+        for *_, spec in plan.terms
+    ]
     return y, X, Zs
 
 
@@ -512,11 +526,12 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
 
 
 def _vars(parsed: ParsedFormula) -> list[str]:
-    return sorted(
-        {str(v) for v in Formula(parsed.fixed_formula).required_variables}
-        | {str(v) for t in parsed.random for v in Formula(t.expr).required_variables}
-        | {f for t in parsed.random for f in t.factor}
-    )
+    """The data columns a model uses (every expression checked as in memory)."""
+    variables = set(_required_variables(parsed.fixed_formula, "the fixed part"))
+    for term in parsed.random:
+        variables |= _required_variables(term.expr, f"random term ({term.expr} | {term.group_name})")
+        variables |= set(term.factor)
+    return sorted(variables)
 
 
 def _check_variables(parsed: ParsedFormula, columns: list[str]) -> None:

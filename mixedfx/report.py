@@ -17,8 +17,10 @@ import pandas as pd
 
 from . import plots
 from .autocorrelation import autocorrelation
+from .io import check_output_path
 from .prediction import ols_by_group
 from .results import require_rows  # noqa: E402
+from .spec.expressions import quote_name
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -123,7 +125,7 @@ def build_report(
             )
         )
         figures.append(_figure_html(plots.cluster_ols_lines(data, x, y, group, min_size=5), "cluster OLS lines"))
-        ols = ols_by_group(f"{y} ~ {x}", data, group, min_size=5)
+        ols = ols_by_group(f"{quote_name(y)} ~ {quote_name(x)}", data, group, min_size=5)
         if x in ols.columns and ols[x].notna().sum() > 2:
             figures.append(_figure_html(plots.ols_scatter(ols, x), "cluster OLS intercepts vs slopes"))
     tracker.step("exploratory plots")
@@ -169,6 +171,6 @@ def write_report(
     random slope), ``time`` an occasion variable for the residual autocorrelation section,
     ``by`` a covariate to panel trajectories by.
     """
-    path = Path(path)
+    path = check_output_path(path)
     path.write_text(build_report(fit, x=x, time=time, by=by, title=title, progress=progress), encoding="utf-8")
     return path

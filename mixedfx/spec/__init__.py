@@ -1,0 +1,1 @@
+"""Model specification: formulas, Stata syntax, structures (no data, no numerics)."""
