@@ -221,7 +221,7 @@ def _run_r(case: str, size: int, timeout: float, csv_cache: dict):
 
 
 def _grouping_columns(formula: str) -> list[str]:
-    from mixedfx.formula import parse_formula
+    from mixedfx.spec.formula import parse_formula
 
     return sorted({f for term in parse_formula(formula).random for f in term.factor})
 

@@ -1,12 +1,19 @@
 """mixedfx: linear mixed-effects models for Python, fast and exact."""
 
-from . import datasets
-from .autocorrelation import autocorrelation
-from .inference import compare, lrtest
-from .model import fit
-from .prediction import ols_by_group
-from .results import MixedResults
-from .stata import mixed
+from . import datasets, plots
+from .analysis.explore import autocorrelation, ols_by_group
+from .api import MixedResults, compare, fit, fit_reduced, lrtest, mixed
 
-__all__ = ["fit", "MixedResults", "datasets", "ols_by_group", "lrtest", "compare", "mixed", "autocorrelation"]
+__all__ = [
+    "fit",
+    "fit_reduced",
+    "mixed",
+    "MixedResults",
+    "datasets",
+    "plots",
+    "ols_by_group",
+    "lrtest",
+    "compare",
+    "autocorrelation",
+]
 __version__ = "0.1.0"

@@ -13,15 +13,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .errors import MixedFXError
+from . import __version__, datasets
+from .api import fit
+from .data.io import check_output_path, read_data
+from .errors import DataError, MixedFXError, suggest
 
 
 def _load(source: str):
     """A data file, or a bundled data set when no such file exists."""
-    from . import datasets
-    from .io import read_data
-
     if not Path(source).exists() and source in datasets.NAMES:
         return datasets.load(source)
     return read_data(source, progress=True)
@@ -70,15 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .io import check_output_path
-    from .model import fit
-
     check_output_path(args.output, inputs=(args.data,))
     data = _load(args.data)
     for name in (args.x, args.time, args.by):
         if name is not None and name not in data.columns:
-            from .errors import DataError, suggest
-
             raise DataError(f"Unknown column {name!r}.{suggest(name, map(str, data.columns))}")
     print("report: fitting the model", file=sys.stderr, flush=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -92,8 +86,6 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from .model import fit
-
     if not 0 < args.level < 100:
         raise MixedFXError(f"--level must be between 0 and 100, not {args.level}.")
     data = args.data if args.engine == "duckdb" else _load(args.data)

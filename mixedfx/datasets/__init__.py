@@ -19,6 +19,8 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError, suggest
+
 __all__ = [
     "add_spline_terms",
     "load_exam",
@@ -94,7 +96,5 @@ NAMES = {
 def load(name: str) -> pd.DataFrame:
     """Load a bundled data set by name (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``)."""
     if name not in NAMES:
-        from ..errors import DataError, suggest
-
         raise DataError(f"No bundled data set {name!r}; choose one of {', '.join(NAMES)}.{suggest(name, NAMES)}")
     return NAMES[name]()

@@ -1,0 +1,1 @@
+"""Analyses of fitted records: tests, variance components, degrees of freedom, intervals, predictions."""

@@ -1,0 +1,119 @@
+"""Exploratory analyses: per-cluster OLS fits and residual autocorrelation within clusters.
+
+Residual autocorrelation (the lecture's ``autocor`` table).
+
+Given residuals, an occasion (time) variable and a cluster variable, the occasion-by-
+occasion correlation matrix pairs the residuals of the same cluster at occasions s and t
+(pairwise complete: clusters missing either occasion are left out of that pair), and the
+autocorrelation by lag k averages over all within-cluster pairs k occasions apart (ranked
+order of the observed occasions within each cluster), each pair standardised by the
+overall residual SD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import model_matrix
+
+from ..data.columns import check_columns, lme4_name, required_variables
+from ..errors import DataError, suggest
+from ..spec.expressions import evaluation_context
+
+
+@dataclass
+class Autocorrelation:
+    """``matrix``: correlation of residuals between occasions; ``acf``: by lag (with pair counts)."""
+
+    matrix: pd.DataFrame
+    acf: pd.DataFrame
+
+
+def autocorrelation(residuals, time, group, max_lag: int | None = None) -> Autocorrelation:
+    """Occasion-by-occasion correlation matrix and lag autocorrelations of within-cluster residuals.
+
+    ``residuals``, ``time`` and ``group`` are equal-length sequences (e.g. columns of the
+    data, or ``fit.residuals()`` with the data's occasion and id columns).  Occasions are
+    the distinct values of ``time``; the lag of a pair is its distance in the cluster's
+    own ordering of occasions.
+    """
+    frame = pd.DataFrame({"r": np.asarray(residuals, dtype=float), "t": np.asarray(time), "g": np.asarray(group)})
+    if len(frame) == 0:
+        raise DataError("No residuals to correlate.")
+    frame = frame.dropna()
+    wide = frame.pivot_table(index="g", columns="t", values="r", aggfunc="first")
+    if wide.shape[1] < 2:
+        raise DataError("Residual autocorrelation needs at least two distinct occasions.")
+    matrix = wide.corr(min_periods=3)
+    matrix.index = [f"time{t}" if _is_number(t) else str(t) for t in matrix.index]
+    matrix.columns = matrix.index
+    frame = frame.sort_values(["g", "t"])
+    frame["order"] = frame.groupby("g").cumcount()
+    sd = frame["r"].std(ddof=0)
+    centred = (frame["r"] - frame["r"].mean()) / sd
+    frame["z"] = centred
+    rows = []
+    longest = int(frame["order"].max())
+    max_lag = longest if max_lag is None else min(max_lag, longest)
+    by_cluster = frame.set_index(["g", "order"])["z"]
+    for lag in range(1, max_lag + 1):
+        later = by_cluster.copy()
+        later.index = pd.MultiIndex.from_arrays(
+            [later.index.get_level_values(0), later.index.get_level_values(1) - lag]
+        )
+        pairs = pd.concat([by_cluster.rename("a"), later.rename("b")], axis=1, join="inner")
+        if len(pairs) < 2:
+            break
+        rows.append({"lag": lag, "acf": float((pairs["a"] * pairs["b"]).mean()), "pairs": len(pairs)})
+    return Autocorrelation(matrix=matrix, acf=pd.DataFrame(rows).set_index("lag"))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating))
+
+
+def ols_by_group(formula: str, data: pd.DataFrame, group: str, min_size: int = 1) -> pd.DataFrame:
+    """Separate OLS fits per cluster: one row per cluster with n, coefficients and their SEs.
+
+    ``formula`` is a fixed-effects formula (``"gcse ~ lrt"``).  Clusters with fewer than
+    ``min_size`` rows are left out; coefficients that a cluster cannot identify (too few rows,
+    a constant covariate) are NaN.  Columns: ``n``, then ``<term>`` and ``se_<term>`` per term.
+    """
+    if group not in data.columns:
+        raise DataError(f"Unknown group column {group!r}.{suggest(group, map(str, data.columns))}")
+    check_columns(required_variables(formula, "the formula"), data, "the formula")
+    mm = model_matrix(formula, data, na_action="drop", context=evaluation_context())
+    y = np.asarray(mm.lhs, dtype=float).ravel()
+    X = np.asarray(mm.rhs, dtype=float)
+    names = [lme4_name(str(c)) for c in mm.rhs.columns]
+    groups = data.loc[mm.rhs.index, group]
+    rows = {}
+    for level, idx in groups.groupby(groups, observed=True, sort=True).indices.items():
+        if len(idx) < min_size:
+            continue
+        rows[str(level)] = ols_row(X[idx], y[idx], names)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = group
+    return frame
+
+
+def ols_row(X: np.ndarray, y: np.ndarray, names: list[str]) -> dict:
+    """OLS coefficients and SEs of one cluster; NaN where not identified."""
+    n, p = X.shape
+    row = {"n": n}
+    coef = np.full(p, np.nan)
+    se = np.full(p, np.nan)
+    if n >= p:
+        beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+        if rank == p:
+            coef = beta
+            if n > p:
+                resid = y - X @ beta
+                s2 = resid @ resid / (n - p)
+                se = np.sqrt(s2 * np.diag(np.linalg.inv(X.T @ X)))
+    for name, c, s in zip(names, coef, se):
+        row[name] = c
+        row[f"se_{name}"] = s
+    return row

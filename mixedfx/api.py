@@ -1,0 +1,442 @@
+"""The public interface: :func:`fit`, :func:`mixed` (Stata syntax), :func:`fit_reduced` and the
+fitted-model facade :class:`MixedResults`.
+
+:class:`MixedResults` is a thin facade over a :class:`~mixedfx.results.FitRecord`: its
+attributes are the record's estimates and its methods call the analysis and presentation
+layers with the record (and the display options a Stata command chose).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .analysis import intervals, marginal, prediction, ranef, ranking, robust, varcomp, wald
+from .analysis import lrtest as lrtests
+from .analysis.lrtest import LRTest
+from .data.io import read_data
+from .data.reduce.assemble import ReducedData
+from .data.reduce.chunks import reduce_dask
+from .data.reduce.sqlscan import reduce_duckdb
+from .errors import OptionError
+from .fitting import pipeline
+from .fitting.rside import fit_rside
+from .present import html, report, serialize, text
+from .results import FitRecord
+from .spec.model import model_spec
+from .spec.options import check_engine, is_reml
+from .spec.stata import parse_mixed
+
+
+class Summary(str):
+    """The Stata-style summary text; a REPL shows it as the table itself."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class MixedResults:
+    """A fitted linear mixed model.
+
+    Attributes
+    ----------
+    loglik: maximised log-likelihood (ML) or restricted log-likelihood (REML); ``llf`` too.
+    fixef, se, vcov: fixed effects, their standard errors and covariance (``params``, ``bse``).
+    sigma: residual standard deviation.
+    theta: relative covariance parameters (lme4's theta for unstructured terms); the
+        optimiser's own parameters (for standardised random-effect columns) are ``theta_engine``.
+    varcorr: variance components, one row per variance, covariance and the residual,
+        columns ``group, var1, var2, vcov, sdcor`` (as lme4's ``as.data.frame(VarCorr())``).
+    G: covariance matrix of the random effects per grouping factor.
+    nobs, ngroups, group_sizes, n_missing: observations used, groups, obs per group, rows dropped.
+    converged, singular: the optimiser's verdict and whether the fit is on the boundary.
+    record: the underlying :class:`~mixedfx.results.FitRecord`.
+    """
+
+    def __init__(self, record: FitRecord, display_scale: str = "var", display_level: float = 0.95):
+        self.record = record
+        #: "var" (variances) or "sd" (SDs and correlations) for printed random-effects tables.
+        self.display_scale = display_scale
+        self.display_level = display_level
+        self.stata_command: str | None = None
+
+    # ------------------------------------------------------------------ estimates
+    @property
+    def fixef(self) -> pd.Series:
+        return self.record.fixef
+
+    @property
+    def se(self) -> pd.Series:
+        return self.record.se
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        return self.record.vcov
+
+    @property
+    def sigma(self) -> float:
+        return self.record.sigma
+
+    @property
+    def loglik(self) -> float:
+        return self.record.loglik
+
+    @property
+    def theta(self) -> np.ndarray:
+        return self.record.theta
+
+    @property
+    def theta_engine(self) -> np.ndarray:
+        return self.record.theta_engine
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        return self.record.varcorr
+
+    @property
+    def G(self) -> dict[str, pd.DataFrame]:
+        return self.record.G
+
+    @property
+    def method(self) -> str:
+        return self.record.method
+
+    @property
+    def reml(self) -> bool:
+        return self.record.reml
+
+    @property
+    def formula(self) -> str:
+        return self.record.formula
+
+    @property
+    def nobs(self) -> int:
+        return self.record.nobs
+
+    @property
+    def n_missing(self) -> int:
+        return self.record.n_missing
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        return self.record.ngroups
+
+    @property
+    def group_sizes(self) -> pd.DataFrame:
+        return self.record.group_sizes
+
+    @property
+    def converged(self) -> bool:
+        return self.record.converged
+
+    @property
+    def singular(self) -> bool:
+        return self.record.singular
+
+    @property
+    def optimum(self):
+        """The optimiser's report (theta, deviance, convergence message, evaluations)."""
+        return self.record.optimum
+
+    @property
+    def design(self):
+        return self.record.design
+
+    @property
+    def rside(self):
+        """The residual structure's fit (None without one)."""
+        return self.record.rside
+
+    @property
+    def aic(self) -> float:
+        return self.record.aic
+
+    @property
+    def bic(self) -> float:
+        return self.record.bic
+
+    @property
+    def deviance(self) -> float:
+        """``-2 loglik`` (the REML criterion for REML fits)."""
+        return self.record.minus_two_loglik
+
+    @property
+    def n_params(self) -> int:
+        return self.record.n_params
+
+    # statsmodels' names, for users who reach for them
+    @property
+    def params(self) -> pd.Series:
+        """The fixed effects (statsmodels' name)."""
+        return self.fixef
+
+    @property
+    def bse(self) -> pd.Series:
+        """Standard errors of the fixed effects (statsmodels' name)."""
+        return self.se
+
+    @property
+    def llf(self) -> float:
+        """The log-likelihood (statsmodels' name)."""
+        return self.loglik
+
+    @property
+    def pvalues(self) -> pd.Series:
+        """Two-sided p-values of the fixed effects' z tests."""
+        return self.coef_table()["p"]
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        """Wald confidence intervals of the fixed effects, columns ``lower``/``upper`` (statsmodels' form)."""
+        if not 0 < alpha < 1:
+            raise OptionError(f"alpha must be between 0 and 1, not {alpha}.")
+        return self.coef_table(level=1 - alpha)[["lower", "upper"]]
+
+    # ------------------------------------------------------------------ random effects and predictions
+    def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
+        """Conditional modes (BLUPs) per grouping factor; ``condvar`` adds their conditional SDs."""
+        return ranef.ranef(self.record, condvar)
+
+    def ranef_table(self) -> pd.DataFrame:
+        """BLUPs as a long table: group, level, term, estimate, se, se_comparative, n."""
+        return ranef.ranef_table(self.record)
+
+    def ranef_conditional_covariance(self) -> dict[str, np.ndarray]:
+        """Per factor, the stack (m, q, q) of conditional covariance matrices of the BLUPs."""
+        return ranef.conditional_covariance(self.record)
+
+    def coef_by_group(self) -> dict[str, pd.DataFrame]:
+        """Cluster-specific coefficients ``beta + b_j`` per grouping factor (lme4's ``coef()``)."""
+        return ranef.coef_by_group(self.record)
+
+    def predict(self, data: pd.DataFrame | None = None, level: str = "subject", **options: object) -> pd.DataFrame:
+        """Population (``level="population"``, Stata xb) or subject-specific predictions (see
+        :func:`mixedfx.analysis.prediction.predict` for ``interval``, ``conf_level`` and ``strict``)."""
+        return prediction.predict(self.record, data, level=level, **options)
+
+    def fitted(self, level: str = "subject") -> pd.Series:
+        """Fitted values on the estimation rows."""
+        return prediction.fitted(self.record, level)
+
+    def residuals(self, level: str = "subject", kind: str = "raw") -> pd.Series:
+        """Residuals (raw or Pearson) at the subject or population level."""
+        return prediction.residuals(self.record, level, kind)
+
+    def predict_grid(self, over: dict, by: dict | None = None, groups=None, derive=None, **options) -> pd.DataFrame:
+        """Population-mean and individual predicted curves over a grid (tidy, ready to plot)."""
+        return prediction.predict_grid(self.record, over, by, groups, derive, **options)
+
+    def shrinkage(self, group: str | None = None, min_size: int = 1) -> pd.DataFrame:
+        """Per cluster: OLS and EB estimates, size and shrinkage factor."""
+        return ranking.shrinkage(self.record, group, min_size)
+
+    def rank(self, term: str = "(Intercept)", group: str | None = None, level: float = 0.95, **options) -> pd.DataFrame:
+        """Clusters ranked by their EB estimate with intervals and above/below-average flags."""
+        return ranking.rank(self.record, term, group, level, **options)
+
+    # ------------------------------------------------------------------ inference
+    def coef_table(self, level: float = 0.95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
+        """Fixed effects with SE, z (or t with ``dfmethod``), p and CI; ``vce="robust"`` for sandwich SEs."""
+        return wald.coef_table(self.record, level, dfmethod, vce)
+
+    def re_table(self, level: float = 0.95, scale: str | None = None) -> pd.DataFrame:
+        """Random-effects parameters with SEs and CIs (``scale="var"`` or ``"sd"``)."""
+        return varcomp.varcomp_table(self.record, level, scale or self.display_scale)
+
+    def icc(self, level: float = 0.95) -> pd.DataFrame:
+        """Intraclass correlations with CIs (Stata ``estat icc``)."""
+        return varcomp.icc(self.record, level)
+
+    def wcovariance(self, group: str | None = None, cluster: object | None = None) -> pd.DataFrame:
+        """Model-implied covariance matrix of one cluster's observations."""
+        return marginal.wcovariance(self.record, group, cluster)
+
+    def wcorrelation(self, group: str | None = None, cluster: object | None = None) -> pd.DataFrame:
+        """Model-implied correlation matrix of one cluster's observations (Stata ``estat wcorrelation``)."""
+        return marginal.wcorrelation(self.record, group, cluster)
+
+    def recovariance(self) -> dict[str, pd.DataFrame]:
+        """Covariance matrix G of the random effects per grouping factor (Stata ``estat recovariance``)."""
+        return self.G
+
+    def lr_test_vs_linear(self) -> LRTest:
+        """LR test of the random effects against linear regression (chibar2 for one component)."""
+        return lrtests.lr_test_vs_linear(self.record)
+
+    def lincom(self, expr: str, level: float = 0.95) -> pd.Series:
+        """Linear combination of fixed effects, e.g. ``"age_c + age_c_girl"`` (Stata ``lincom``)."""
+        return wald.lincom(self.record, expr, level)
+
+    def test(self, *equations: str) -> dict:
+        """Joint Wald test of linear hypotheses, e.g. ``fit.test("age_c_girl = 0", "age_sp_girl = 0")``."""
+        return wald.wald_test(self.record, *equations)
+
+    def robust_vcov(self, group: str | None = None) -> pd.DataFrame:
+        """Cluster-robust (sandwich) covariance of the fixed effects (Stata ``vce(robust)``)."""
+        return robust.robust_vcov(self.record, group)
+
+    def confint(
+        self, method: str = "wald", level: float = 0.95, n_boot: int = 500, seed: int | None = 0, progress: bool = True
+    ) -> pd.DataFrame:
+        """Confidence intervals for fixed effects, SDs, correlations and sigma.
+
+        ``method``: ``"wald"`` (Stata's delta-method intervals), ``"profile"`` (profile
+        likelihood) or ``"bootstrap"`` (parametric, ``n_boot`` replicates, seeded).
+        """
+        if method == "profile":
+            return intervals.profile_intervals(self.record, level)
+        if method == "bootstrap":
+            return intervals.bootstrap(self.record, n_boot=n_boot, seed=seed, level=level, progress=progress)[0]
+        if method != "wald":
+            raise OptionError(f"method must be 'wald', 'profile' or 'bootstrap', not {method!r}.")
+        fixed = self.coef_table(level)[["estimate", "lower", "upper"]]
+        variance = self.re_table(level, scale="sd").set_index("parameter")[["estimate", "lower", "upper"]]
+        return pd.concat([fixed, variance]).rename_axis("parameter")
+
+    # ------------------------------------------------------------------ presentation
+    def summary(
+        self, level: float | None = None, scale: str | None = None, dfmethod: str | None = None, vce: str = "model"
+    ) -> Summary:
+        """Stata-style summary: header, fixed effects, random-effects parameters, LR test.
+
+        ``scale``: ``"var"`` (variances) or ``"sd"`` (Stata's ``stddev``); ``dfmethod``:
+        ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for cluster-robust SEs.
+        """
+        level = self.display_level if level is None else level
+        return Summary(text.summary_text(self.record, level, scale or self.display_scale, dfmethod, vce))
+
+    def to_dict(self, ranef: bool = False, dfmethod: str | None = None) -> dict:
+        """JSON-ready dictionary of the results (the CLI's ``--json`` layout)."""
+        return serialize.results_dict(self.record, ranef=ranef, dfmethod=dfmethod)
+
+    def report(self, path, x: str | None = None, time: str | None = None, by: str | None = None, progress: bool = True):
+        """Write a self-contained HTML report (tables, ICC, ranking, plots); see :mod:`mixedfx.present.report`."""
+        return report.write_report(
+            self.record, path, x=x, time=time, by=by, progress=progress, scale=self.display_scale
+        )
+
+    def _repr_html_(self) -> str:
+        return html.html_summary(self.record, self.display_level, self.display_scale)
+
+    def __str__(self) -> str:
+        return str(self.summary())
+
+    def __repr__(self) -> str:
+        return f"<MixedResults {self.method}: {self.formula!r}, nobs={self.nobs}, loglik={self.loglik:.4f}>"
+
+
+# ---------------------------------------------------------------------------- fitting
+def _choose_engine(engine: str, data: object) -> str:
+    """Resolve ``engine="auto"``: dask for a Dask DataFrame, else memory."""
+    check_engine(engine)
+    if engine == "auto":
+        return "dask" if type(data).__module__.startswith("dask") else "memory"
+    return engine
+
+
+def fit(
+    formula: str,
+    data: pd.DataFrame | str | Path,
+    method: str = "reml",
+    weights: str | np.ndarray | None = None,
+    covariance: dict[str, str] | None = None,
+    missing: str = "drop",
+    start: np.ndarray | None = None,
+    max_iterations: int = 1000,
+    engine: str = "auto",
+    residuals: str | None = None,
+    variance: tuple[str, str] | None = None,
+    group: str | None = None,
+) -> MixedResults:
+    """Fit a linear mixed model by REML (default) or ML.
+
+    Parameters
+    ----------
+    formula:
+        lme4 syntax, e.g. ``"gcse ~ lrt + (1 + lrt | school)"``.
+    data:
+        a DataFrame, or the path of a ``.csv``, ``.dta`` or ``.parquet`` file.
+    method:
+        ``"reml"`` or ``"ml"``.
+    weights:
+        column name or array of positive weights ``w``: residual variance ``sigma^2 / w``.
+    covariance:
+        covariance structure per grouping factor, overriding the formula's
+        (``{"school": "exchangeable"}``): identity, independent, exchangeable, unstructured.
+    missing:
+        ``"drop"`` (listwise deletion, reported) or ``"raise"``.
+    start:
+        starting values of theta (default: for one grouping factor the moment estimate of
+        :mod:`mixedfx.engine.start`, otherwise relative covariance factor = identity, as lme4).
+    max_iterations:
+        iteration limit of the optimiser; a fit that reaches it is reported as not converged.
+    engine:
+        ``"memory"`` (rows in memory), ``"duckdb"`` (Parquet/CSV files, a glob or a directory,
+        reduced in SQL without loading the rows), ``"dask"`` (a Dask DataFrame, reduced by
+        map-reduce over its partitions) or ``"auto"`` (dask for a Dask DataFrame, else memory).
+        The out-of-memory engines need one grouping factor or nested ones.
+    residuals:
+        residual covariance within clusters, Stata's ``residuals()`` syntax:
+        ``"ar1, t(Days)"``, ``"exchangeable"``, ``"toeplitz 2, t(visit)"``,
+        ``"independent, by(sex)"``, ``"exponential, t(age)"`` (see :mod:`mixedfx.engine.rside`).
+    variance:
+        a variance function of a covariate, ``("power", "x")`` (SD times ``|x|^delta``) or
+        ``("exp", "x")`` (SD times ``exp(delta x)``).
+    group:
+        the cluster variable of the residual structure for a model without random effects
+        (a marginal/GLS model, e.g. ``fit("y ~ x", data, residuals="unstructured", group="id")``).
+    """
+    engine = _choose_engine(engine, data)
+    spec = model_spec(formula, method, covariance, residuals, variance, group, missing)
+    if engine != "memory":
+        if not spec.residuals.is_trivial:
+            raise OptionError(f"Residual structures need the rows in memory; use engine='memory', not {engine!r}.")
+        if weights is not None and not isinstance(weights, str):
+            raise OptionError(f"With engine={engine!r}, weights must name a column.")
+        reduced = (
+            reduce_duckdb(spec.formula.text, data, weights=weights)
+            if engine == "duckdb"
+            else reduce_dask(spec.formula.text, data, weights=weights)
+        )
+        return MixedResults(pipeline.fit_reduced(reduced, spec.reml, spec.covariance or None))
+    frame = read_data(data)
+    if not spec.residuals.is_trivial:
+        return MixedResults(fit_rside(spec, frame, weights, max_iterations))
+    return MixedResults(pipeline.fit_rows(spec, frame, weights, start, max_iterations))
+
+
+def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str, str] | None = None) -> MixedResults:
+    """Fit a model from a :class:`~mixedfx.data.reduce.assemble.ReducedData` (no rows needed)."""
+    return MixedResults(pipeline.fit_reduced(reduced, is_reml(method), covariance))
+
+
+def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) -> MixedResults:
+    """Fit a model written in Stata's ``mixed`` syntax; printing the result follows its options.
+
+    >>> fit = mixed("weight age_c age_sp girl age_c_girl age_sp_girl || id:, variance", asian)
+    """
+    spec = parse_mixed(command)
+    result = fit(
+        spec["formula"],
+        data,
+        method=spec["method"],
+        covariance=spec["covariance"],
+        residuals=spec["residuals"],
+        group=spec["group"],
+        **fit_options,
+    )
+    result.display_scale = spec["scale"]
+    result.display_level = spec["level"]
+    result.stata_command = command
+    return result
+
+
+def lrtest(restricted: MixedResults, full: MixedResults) -> LRTest:
+    """Likelihood-ratio test of two nested fits (order does not matter); see :func:`mixedfx.analysis.lrtest.lrtest`."""
+    return lrtests.lrtest(restricted.record, full.record)
+
+
+def compare(*fits: MixedResults, names: list[str] | None = None) -> pd.DataFrame:
+    """AIC/BIC table of several fits: parameters, log-likelihood, AIC, BIC (Stata ``estat ic``)."""
+    return lrtests.compare(*[f.record for f in fits], names=names)

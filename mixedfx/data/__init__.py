@@ -1,0 +1,1 @@
+"""Data: reading files, designs, checks, reductions to sufficient statistics."""

@@ -1,0 +1,1 @@
+"""Reductions of a model's data to sufficient statistics (DuckDB, Dask, pandas chunks)."""

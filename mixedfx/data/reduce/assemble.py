@@ -1,0 +1,289 @@
+"""From per-cluster sums to the engine's sufficient statistics, and the saved reduction.
+
+Every backend (:mod:`~mixedfx.data.reduce.duckdb`, :mod:`~mixedfx.data.reduce.chunks`)
+produces :class:`ClusterSums`: for each cluster of the innermost factor, ``Z'Z``, ``Z'X~`` and
+``Z'y~`` (all factors' random-effect columns ``Z``, standardised ``X~`` and ``y~``) and the
+labels of the outer levels it belongs to, plus the global ``X~'X~``, ``X~'y~``, ``y~'y~``.
+:func:`assemble` turns that into the engine's statistics and :func:`finish` into a
+:class:`ReducedData`, which keeps them with the model's metadata so that the reduction can
+be saved and refitted (ML or REML, other covariance structures) without the rows.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ...engine.stats import Scaling, SufficientStats
+from ...errors import DataError, RankDeficiencyWarning
+from ...spec.formula import ParsedFormula
+from ..checks import aliased_columns, check_grouping_factor
+from ..design import ReBlock, ReTerm, check_covariance_keys, term_structure
+from ..levels import LevelLabels
+from .plan import ColumnPlan
+
+
+@dataclass
+class ClusterSums:
+    """Per innermost-cluster cross-products and global sums (see the module docstring)."""
+
+    keys: pd.DataFrame  # one column per grouping factor (labels), one row per innermost cluster
+    counts: np.ndarray
+    ZZ: np.ndarray  # (Q, Q, C) over all factors' random-effect columns: element-major, as the engine's stacks
+    ZX: np.ndarray  # (Q, p, C)
+    Zy: np.ndarray  # (Q, C)
+    XX: np.ndarray
+    Xy: np.ndarray
+    yy: float
+    sum_log_weights: float = 0.0
+    ZW: np.ndarray | None = None  # (Q, p+1, C) holding ZX and Zy as views, when built so
+
+
+@dataclass
+class ReducedData:
+    """A model's data reduced to sufficient statistics; fit it with :func:`fit_reduced`."""
+
+    formula: ParsedFormula
+    plan: ColumnPlan
+    factors: list[str]  # grouping factors in engine order (most levels first)
+    levels: dict[str, object]  # level labels per factor
+    counts: dict[str, np.ndarray]  # observations per level
+    moments: dict[str, tuple[np.ndarray, np.ndarray]]  # means and SDs of each factor's random-effect columns
+    stats: SufficientStats  # standardised X and y; random-effect columns as in stats.column_transforms
+    scaling: Scaling
+    nobs: int
+    n_missing: int
+    dropped_fixed: list[str] = field(default_factory=list)
+    weighted: bool = False
+
+    def blocks(self, covariance: dict[str, str] | None = None) -> list[ReBlock]:
+        """The grouping blocks (metadata, no rows) with the formula's or ``covariance``'s structures."""
+        check_covariance_keys(covariance, [(":".join(f), f) for _, f, *_ in self.plan.terms])
+        return make_blocks(self.plan, self.factors, self.levels, self.counts, self.moments, covariance)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the reduction to ``path`` (pickle); reload with :func:`load_reduced`."""
+        path = Path(path)
+        with open(path, "wb") as handle:
+            pickle.dump(self, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
+
+def load_reduced(path: str | Path) -> ReducedData:
+    """Load a reduction saved with :meth:`ReducedData.save` (only load files you trust)."""
+    with open(path, "rb") as handle:
+        data = pickle.load(handle)
+    if not isinstance(data, ReducedData):
+        raise DataError(f"{str(path)!r} does not hold a mixedfx reduction.")
+    return data
+
+
+def _block_order(plan: ColumnPlan, keys: pd.DataFrame) -> list[str]:
+    """Factor names, most levels first (the innermost factor first)."""
+    names = list(dict.fromkeys(":".join(f) for _, f, *_ in plan.terms))
+    if len(names) == 1:  # nothing to order (and no hash table over millions of cluster keys)
+        return names
+    return sorted(names, key=lambda n: -keys[n].nunique())
+
+
+def make_blocks(
+    plan: ColumnPlan, order: list[str], level_lists: dict, counts: dict, moments: dict, covariance: dict | None
+) -> list[ReBlock]:
+    """Metadata-only :class:`ReBlock` objects (no rows) in engine order."""
+    blocks = []
+    for name in order:
+        factor = next(f for _, f, *_ in plan.terms if ":".join(f) == name)
+        block = ReBlock(name, factor, None, level_lists[name], None, counts=counts[name], moments=moments[name])
+        start = 0
+        for expr, term_factor, kind, names, spec in plan.terms:
+            if term_factor != factor:
+                continue
+            structure = term_structure(kind, name, factor, len(names), covariance)
+            block.terms.append(ReTerm(expr, names, structure, slice(start, start + len(names)), spec))
+            start += len(names)
+        blocks.append(block)
+    return blocks
+
+
+def z_layout(plan: ColumnPlan) -> dict[str, list[int]]:
+    """Positions of each factor's columns in the concatenated Z of all terms (plan order)."""
+    layout: dict[str, list[int]] = {}
+    offset = 0
+    for _, factor, _, names, _ in plan.terms:
+        layout.setdefault(":".join(factor), []).extend(range(offset, offset + len(names)))
+        offset += len(names)
+    return layout
+
+
+def assemble(sums: ClusterSums, plan: ColumnPlan, p: int) -> tuple[SufficientStats, list[str], dict, dict, dict]:
+    """Engine statistics (raw random-effect columns) from per-innermost-cluster sums.
+
+    Requires nesting: every outer factor must be constant within each innermost cluster.
+    Clusters that arrive sorted by label (as the SQL reduction delivers them) are used in
+    place, without copying the stacks.
+    """
+    keys = sums.keys
+    order = _block_order(plan, keys)
+    inner = order[0]
+    counts_c, ZZ, ZX, Zy = sums.counts, sums.ZZ, sums.ZX, sums.Zy
+    # Levels in the in-memory engine's order: numbers numerically, anything else as text.
+    inner_keys = keys[inner].to_numpy()
+    if inner_keys.dtype.kind not in "iuf":
+        inner_keys = inner_keys.astype(str)
+    if inner_keys.size > 1 and not np.all(inner_keys[1:] > inner_keys[:-1]):
+        sort = np.argsort(inner_keys, kind="stable")
+        inner_keys = inner_keys[sort]
+        if np.any(inner_keys[1:] == inner_keys[:-1]):
+            raise DataError(f"Internal error: clusters of {inner!r} are not unique after reduction.")
+        keys = keys.iloc[sort].reset_index(drop=True)
+        counts_c, ZZ, ZX, Zy = counts_c[sort], ZZ[:, :, sort], ZX[:, :, sort], Zy[:, sort]
+    layout = z_layout(plan)
+    level_lists, codes, counts = {}, {}, {}
+    for name in order:
+        if name == inner:  # sorted and unique: the clusters are the levels
+            level_lists[name] = LevelLabels(inner_keys)
+            codes[name] = np.arange(len(keys))
+            counts[name] = counts_c.astype(int)
+            continue
+        labels, inverse = np.unique(keys[name].to_numpy().astype(str), return_inverse=True)
+        level_lists[name] = [str(v) for v in labels]
+        codes[name] = inverse
+        counts[name] = np.bincount(inverse, weights=counts_c, minlength=len(labels)).astype(int)
+    i1 = layout[inner]
+    q1, m1 = len(i1), len(level_lists[inner])
+    whole = i1 == list(range(ZZ.shape[0]))
+    stats = SufficientStats(
+        n=int(counts_c.sum()),
+        p=p,
+        XtX=sums.XX,
+        Xty=sums.Xy,
+        yty=float(sums.yy),
+        sum_log_weights=sums.sum_log_weights,
+        first_q=q1,
+        first_ZtZ=ZZ if whole else np.ascontiguousarray(ZZ[np.ix_(i1, i1)]),
+        first_ZtX=ZX if whole else np.ascontiguousarray(ZX[i1]),
+        first_Zty=Zy if whole else np.ascontiguousarray(Zy[i1]),
+        rest_sizes=[(len(layout[n]), len(level_lists[n])) for n in order[1:]],
+        first_ZtW=sums.ZW if (whole and sums.ZW is not None and ZX.base is sums.ZW) else None,
+    )
+    if len(order) > 1:
+        _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
+    return stats, order, level_lists, counts, layout
+
+
+def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1) -> None:
+    """Cross-products of the outer (nesting) factors, placed at each cluster's outer levels."""
+    offsets, dims = {}, {}
+    total = 0
+    for name in order[1:]:
+        offsets[name] = total
+        dims[name] = len(layout[name]) * len(level_lists[name])
+        total += dims[name]
+    C = ZZ.shape[2]
+    i1 = layout[order[0]]
+    rows, cols, vals = [], [], []
+    dense = np.zeros((total, total))
+    zx = np.zeros((total, ZX.shape[1]))
+    zy = np.zeros(total)
+    cluster = np.arange(C)
+    for k in order[1:]:
+        ik, qk = layout[k], len(layout[k])
+        base_k = offsets[k] + codes[k] * qk
+        for a in range(qk):
+            for b in range(q1):
+                rows.append(base_k + a)
+                cols.append(cluster * q1 + b)
+                vals.append(ZZ[ik[a], i1[b]])
+            np.add.at(zx, base_k + a, ZX[ik[a]].T)
+            np.add.at(zy, base_k + a, Zy[ik[a]])
+        for j in order[1:]:
+            ij, qj = layout[j], len(layout[j])
+            base_j = offsets[j] + codes[j] * qj
+            for a in range(qk):
+                for b in range(qj):
+                    np.add.at(dense, (base_k + a, base_j + b), ZZ[ik[a], ij[b]])
+    stats.rest_Z1 = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(total, m1 * q1)
+    ).tocsr()
+    stats.rest_ZtZ = dense
+    stats.rest_ZtX = zx
+    stats.rest_Zty = zy
+
+
+def scaling_from_moments(names: list[str], mean: np.ndarray, sd: np.ndarray, y_mean: float, y_sd: float) -> Scaling:
+    """The :class:`Scaling` that ``mixedfx.stats.standardise`` would compute, from column moments."""
+    p = len(names)
+    T = np.eye(p)
+    intercept = next((j for j in range(p) if sd[j] == 0 and mean[j] != 0), None)
+    value = float(mean[intercept]) if intercept is not None else 1.0
+    for j in range(p):
+        if j == intercept:
+            continue
+        shift = float(mean[j]) if intercept is not None else 0.0
+        scale = float(sd[j]) if intercept is not None else float(np.sqrt(sd[j] ** 2 + mean[j] ** 2))
+        scale = scale if scale > 0 else 1.0
+        T[j, j] = 1.0 / scale
+        if intercept is not None:
+            T[intercept, j] = -shift / (scale * value)
+    shift_y = y_mean if intercept is not None else 0.0
+    scale_y = y_sd if intercept is not None else float(np.sqrt(y_sd**2 + y_mean**2))
+    return Scaling(T, shift_y, scale_y if scale_y > 0 else 1.0, intercept, value)
+
+
+def standardised(X: np.ndarray, y: np.ndarray, scaling: Scaling) -> tuple[np.ndarray, np.ndarray]:
+    Xs = X @ scaling.T
+    return Xs, (y - scaling.y_shift) / scaling.y_scale
+
+
+def _drop_aliased_from_crossproducts(XX: np.ndarray, names: list[str]) -> list[bool]:
+    """Columns kept by the rank check (as in memory), from the standardised X'X."""
+    d = np.sqrt(np.maximum(np.diag(XX), 0.0))
+    d = np.where(d > 0, d, 1.0)
+    keep = list(~aliased_columns(XX / np.outer(d, d)) & (np.diag(XX) > 0))
+    dropped = [n for n, k in zip(names, keep) if not k]
+    if dropped:
+        warnings.warn(
+            f"Fixed-effects design is rank deficient: dropping {', '.join(dropped)}.",
+            RankDeficiencyWarning,
+            stacklevel=4,
+        )
+    return keep
+
+
+def finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted) -> ReducedData:
+    """Assemble statistics and metadata into a :class:`ReducedData`."""
+    p = len(plan.fixed_names)
+    keep = _drop_aliased_from_crossproducts(sums.XX, plan.fixed_names)
+    stats, order, level_lists, counts, layout = assemble(sums, plan, p)
+    dropped = [n for n, k in zip(plan.fixed_names, keep) if not k]
+    if dropped:
+        idx = np.flatnonzero(keep)
+        stats.XtX, stats.Xty = stats.XtX[np.ix_(idx, idx)], stats.Xty[idx]
+        stats.first_ZtX = np.ascontiguousarray(stats.first_ZtX[:, idx])
+        stats.first_ZtW = None  # the combined stack no longer matches
+        if stats.rest_ZtX is not None:
+            stats.rest_ZtX = stats.rest_ZtX[:, idx]
+        stats.p = len(idx)
+        scaling = Scaling(
+            scaling.T[np.ix_(idx, idx)],
+            scaling.y_shift,
+            scaling.y_scale,
+            None if scaling.intercept is None else int(np.searchsorted(idx, scaling.intercept)),
+            scaling.intercept_value,
+        )
+    moments = {}
+    for name in order:
+        cols = layout[name]
+        moments[name] = (z_mean[cols], z_sd[cols])
+    plan.fixed_names = [n for n, k in zip(plan.fixed_names, keep) if k]
+    reduced = ReducedData(parsed, plan, order, level_lists, counts, moments, stats, scaling, nobs, n_missing, dropped)
+    reduced.weighted = weighted
+    for block in reduced.blocks():
+        check_grouping_factor(block.name, block.n_levels, block.q, block.names, nobs)
+    return reduced

@@ -1,0 +1,148 @@
+"""Reduction of pandas chunks: an in-memory DataFrame in slices, or a Dask DataFrame's partitions
+by map-reduce (clusters split across partitions are summed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ...engine.stats import Scaling
+from ...errors import DataError, OptionError
+from ...spec.formula import parse_formula
+from ..design import model_variables
+from .assemble import ClusterSums, ReducedData, finish, scaling_from_moments, standardised
+from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns
+
+
+def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> np.ndarray:
+    """Count, sums and sums of squares of X, y and every Z column for one chunk (complete rows)."""
+    frame = frame.dropna(subset=plan.variables + ([weights] if weights else []))
+    if frame.empty:
+        return None
+    y, X, Zs = model_columns(plan, frame)
+    cols = np.column_stack([X, y] + Zs)
+    return np.concatenate([[len(frame)], cols.sum(axis=0), (cols**2).sum(axis=0)])
+
+
+def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights: str | None):
+    """Per-cluster sums of one chunk, as a DataFrame keyed by the innermost factor, plus global sums."""
+    frame = frame.dropna(subset=plan.variables + ([weights] if weights else []))
+    if frame.empty:
+        return None
+    y, X, Zs = model_columns(plan, frame)
+    Xs, ys = standardised(X, y, scaling)
+    Z = np.hstack(Zs)
+    w = frame[weights].to_numpy(dtype=float) if weights else np.ones(len(frame))
+    keys = cluster_keys(plan, frame)
+    Q, p = Z.shape[1], Xs.shape[1]
+    products = [
+        w[:, None] * np.einsum("ia,ib->iab", Z, Z).reshape(len(Z), Q * Q),
+        w[:, None] * np.einsum("ia,ik->iak", Z, Xs).reshape(len(Z), Q * p),
+        w[:, None] * Z * ys[:, None],
+    ]
+    table = pd.DataFrame(np.hstack(products + [np.ones((len(Z), 1))]))
+    table.columns = [f"c{i}" for i in range(table.shape[1])]
+    for name in keys.columns:
+        table[name] = keys[name].to_numpy()
+    key_cols = list(keys.columns)
+    grouped = table.groupby(key_cols, sort=False).sum().reset_index()
+    globals_ = (Xs.T @ (w[:, None] * Xs), Xs.T @ (w * ys), float(ys @ (w * ys)), float(np.log(w).sum()))
+    return grouped, globals_
+
+
+def _combine(parts: list, plan: ColumnPlan, p: int) -> ClusterSums:
+    """Combine chunk results: clusters split across chunks are summed; nesting is checked."""
+    parts = [part for part in parts if part is not None]
+    if not parts:
+        raise DataError("No complete rows in the data.")
+    grouped = pd.concat([g for g, _ in parts], ignore_index=True)
+    key_cols = list(dict.fromkeys(":".join(f) for _, f, *_ in plan.terms))
+    inner = max(key_cols, key=lambda c: grouped[c].nunique())
+    pairs = grouped[key_cols].drop_duplicates()
+    if pairs[inner].duplicated().any():
+        bad = pairs[inner][pairs[inner].duplicated()].iloc[0]
+        raise OptionError(
+            f"The grouping factors are crossed (level {bad!r} of {inner!r} meets several levels of another factor): "
+            "this reduction needs one grouping factor or nested ones. Fit crossed models in memory (engine='memory')."
+        )
+    value_cols = [c for c in grouped.columns if c not in key_cols]
+    summed = grouped.groupby(inner, sort=False)[value_cols].sum()
+    keys = pairs.set_index(inner).loc[summed.index].reset_index()
+    values = summed.to_numpy()
+    Q = sum(len(names) for *_, names, _ in plan.terms)
+    C = len(values)
+    ZZ = np.ascontiguousarray(values[:, : Q * Q].T).reshape(Q, Q, C)
+    ZX = np.ascontiguousarray(values[:, Q * Q : Q * Q + Q * p].T).reshape(Q, p, C)
+    Zy = np.ascontiguousarray(values[:, Q * Q + Q * p : Q * Q + Q * p + Q].T)
+    counts = values[:, -1]
+    XX = sum(g[0] for _, g in parts)
+    Xy = sum(g[1] for _, g in parts)
+    yy = sum(g[2] for _, g in parts)
+    slw = sum(g[3] for _, g in parts)
+    return ClusterSums(keys[key_cols], counts, ZZ, ZX, Zy, XX, Xy, yy, slw)
+
+
+def _moments_to_scaling(plan: ColumnPlan, totals: np.ndarray, p: int, Q: int):
+    """Scaling for X, y and the random-effect column moments from summed chunk moments."""
+    n = totals[0]
+    k = p + 1 + Q
+    mean = totals[1 : 1 + k] / n
+    var = np.maximum(totals[1 + k : 1 + 2 * k] / n - mean**2, 0.0)
+    sd = np.sqrt(var)
+    scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
+    return scaling, mean[p + 1 :], sd[p + 1 :], int(n)
+
+
+def reduce_frame(
+    formula: str, data: pd.DataFrame, weights: str | None = None, chunk_rows: int = 1_000_000
+) -> ReducedData:
+    """Reduce an in-memory DataFrame (in chunks), e.g. to save the reduction or refit cheaply."""
+    parsed = parse_formula(formula)
+    check_reducible(parsed)
+    levels = {
+        c: sorted(data[c].dropna().unique().tolist())
+        for c in data.columns
+        if not pd.api.types.is_numeric_dtype(data[c]) and not pd.api.types.is_bool_dtype(data[c])
+    }
+    variables = model_variables(parsed, list(data.columns))
+    prototype = data.dropna(subset=[v for v in variables if v in data.columns]).head(2000)
+    plan = plan_columns(parsed, prototype, {c: v for c, v in levels.items() if c in variables})
+    chunks = [data.iloc[i : i + chunk_rows] for i in range(0, len(data), chunk_rows)]
+    moments = [m for m in (_chunk_moments(plan, c, weights) for c in chunks) if m is not None]
+    if not moments:
+        raise DataError("No complete rows in the data.")
+    p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
+    scaling, z_mean, z_sd, nobs = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    sums = _combine([_chunk_sums(plan, c, scaling, weights) for c in chunks], plan, p)
+    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, len(data) - nobs, weights is not None)
+
+
+def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
+    """Reduce a Dask DataFrame by map-reduce over its partitions (uses the active Dask client)."""
+    import dask
+
+    parsed = parse_formula(formula)
+    check_reducible(parsed)
+    variables = model_variables(parsed, list(frame.columns))
+    categorical = [
+        c
+        for c in variables
+        if c in frame.columns
+        and not pd.api.types.is_numeric_dtype(frame[c].dtype)
+        and not pd.api.types.is_bool_dtype(frame[c].dtype)
+    ]
+    uniques = dask.compute(*[frame[c].dropna().unique() for c in categorical])
+    levels = {c: sorted(pd.Series(u).tolist()) for c, u in zip(categorical, uniques)}
+    prototype = frame.head(2000, npartitions=-1).dropna(subset=[v for v in variables if v in frame.columns])
+    plan = plan_columns(parsed, prototype, levels)
+    parts = frame.to_delayed()
+    total_rows = dask.compute(*[dask.delayed(len)(part) for part in parts])
+    moments = dask.compute(*[dask.delayed(_chunk_moments)(plan, part, weights) for part in parts])
+    moments = [m for m in moments if m is not None]
+    if not moments:
+        raise DataError("No complete rows in the data.")
+    p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
+    scaling, z_mean, z_sd, nobs = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    results = dask.compute(*[dask.delayed(_chunk_sums)(plan, part, scaling, weights) for part in parts])
+    sums = _combine(list(results), plan, p)
+    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, int(sum(total_rows)) - nobs, weights is not None)

@@ -1,0 +1,1 @@
+"""Numerics only (numpy and scipy): sufficient statistics, batched linear algebra, deviances, optimiser."""

@@ -1,0 +1,1 @@
+"""Fitting: the pipeline of stages from a specification and data to a fitted record."""

@@ -1,0 +1,190 @@
+"""The fitting pipeline: one sequence of named stages for every way a model is fitted.
+
+As lme4's ``lFormula -> mkLmerDevfun -> optimizeLmer -> checkConv -> mkMerMod``:
+
+1. :func:`design_stage` - the design from a :class:`~mixedfx.spec.model.ModelSpec` and the rows
+   (listwise deletion, X, Z, grouping factors);
+2. :func:`deviance_stage` - standardise, reduce to sufficient statistics, choose the
+   evaluator (:func:`mixedfx.engine.factory.make_deviance`);
+3. :func:`optimise_stage` - starting values (moments or ANOVA), bounds, Fisher scoring /
+   L-BFGS-B, boundary restarts;
+4. :func:`check_stage` - warnings for non-convergence and boundary fits;
+5. :class:`~mixedfx.results.FitRecord` - the estimates.
+
+:func:`fit_rows` (data in memory), :func:`fit_reduced` (sufficient statistics from DuckDB or
+Dask), :func:`refit` (profile and bootstrap refits) and :mod:`mixedfx.fitting.rside` (residual
+structures) are compositions of these stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..data.design import Design, build_design
+from ..data.reduce.assemble import ReducedData
+from ..engine.deviance import ProfiledDeviance
+from ..engine.factory import make_deviance
+from ..engine.optimize import OptimumReport, minimize_deviance
+from ..engine.start import starting_point
+from ..engine.stats import Scaling, compute_stats, standardisation
+from ..errors import ConvergenceWarning, OptionError, SingularFitWarning
+from ..results import FitRecord
+from ..spec.model import ModelSpec
+from .threads import single_threaded_blas
+
+
+# ---------------------------------------------------------------------------- stages
+def design_stage(spec: ModelSpec, frame: pd.DataFrame, weights: object = None) -> Design:
+    """Stage 1: the design of ``spec`` on the rows of ``frame`` (plus any residual-structure columns)."""
+    return build_design(
+        spec.formula,
+        frame,
+        weights=weights,
+        covariance=spec.covariance,
+        missing=spec.missing,
+        extra=spec.residual_columns,
+    )
+
+
+def deviance_stage(design: Design, reml: bool) -> tuple[ProfiledDeviance, Scaling]:
+    """Stage 2: standardise the design, reduce it to sufficient statistics and build the evaluator."""
+    shift, inv_scale, scaling = standardisation(design.X, design.y, design.X_gram)
+    transforms = [b.standardising_transform() for b in design.blocks]
+    stats = compute_stats(
+        [b.codes for b in design.blocks],
+        [b.Z for b in design.blocks],
+        [b.n_levels for b in design.blocks],
+        design.X,
+        design.y,
+        design.weights,
+        transforms=transforms,
+        shift=shift,
+        inv_scale=inv_scale,
+    )
+    stats.column_transforms = transforms  # the statistics are those of Z T already
+    return make_deviance(stats, [b.layout for b in design.blocks], reml, column_transforms=transforms), scaling
+
+
+def parameter_bounds(deviance: ProfiledDeviance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """lme4's start (``Lambda = I``) and the bounds of theta, block by block, term by term."""
+    layouts = deviance.layouts
+    start = np.concatenate([lay.start() for lay in layouts]) if layouts else np.zeros(0)
+    lower = np.concatenate([lay.lower_bounds() for lay in layouts]) if layouts else np.zeros(0)
+    upper = np.concatenate([lay.upper_bounds() for lay in layouts]) if layouts else np.zeros(0)
+    return start, lower, upper
+
+
+def optimise_stage(
+    deviance: ProfiledDeviance, start: np.ndarray | None = None, max_iterations: int = 1000
+) -> OptimumReport:
+    """Stage 3: starting values (moments/ANOVA unless ``start`` is given), bounds and the optimiser."""
+    default, lower, upper = parameter_bounds(deviance)
+    step_scale = 1.0
+    if start is not None:
+        theta0 = np.asarray(start, dtype=float)
+        if theta0.shape != lower.shape:
+            raise OptionError(f"start must have {lower.size} values (one per covariance parameter).")
+    else:
+        theta0, step_scale = starting_point(deviance, default)
+    analytic = deviance.analytic_gradient
+    return minimize_deviance(
+        deviance,
+        theta0,
+        lower,
+        upper,
+        max_iterations=max_iterations,
+        value_and_gradient=deviance.deviance_and_gradient if analytic else None,
+        step_scale=step_scale,
+        value_gradient_information=deviance.deviance_gradient_information if analytic else None,
+    )
+
+
+def check_stage(record: FitRecord, stacklevel: int = 2) -> FitRecord:
+    """Stage 4: warn about non-convergence and boundary (singular) fits: never silently."""
+    if not record.optimum.converged:
+        warnings.warn(f"Model did not converge: {record.optimum.message}.", ConvergenceWarning, stacklevel=stacklevel)
+    if record.singular:
+        warnings.warn(
+            "Boundary (singular) fit: a variance is estimated as zero or a correlation as +-1; "
+            "see fit.varcorr and consider a simpler random-effects structure.",
+            SingularFitWarning,
+            stacklevel=stacklevel,
+        )
+    return record
+
+
+# ---------------------------------------------------------------------------- compositions
+def fit_design(design: Design, reml: bool, start: np.ndarray | None = None, max_iterations: int = 1000) -> FitRecord:
+    """Stages 2-3 and the record for a design with its rows (no warnings: see :func:`check_stage`)."""
+    with single_threaded_blas(design.nobs):
+        deviance, scaling = deviance_stage(design, reml)
+        optimum = optimise_stage(deviance, start, max_iterations)
+        return FitRecord(design, deviance, scaling, optimum, reml)
+
+
+def fit_rows(
+    spec: ModelSpec,
+    frame: pd.DataFrame,
+    weights: object = None,
+    start: np.ndarray | None = None,
+    max_iterations: int = 1000,
+) -> FitRecord:
+    """Every stage for data in memory and a model without residual structure."""
+    design = design_stage(spec, frame, weights)
+    return check_stage(fit_design(design, spec.reml, start, max_iterations), stacklevel=4)
+
+
+def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | None = None) -> FitRecord:
+    """Stages 2-5 from a :class:`ReducedData` (no rows needed).
+
+    The statistics are transformed in place (no second copy); every deviance built on them
+    restores its own transform before it reads them (see ``ProfiledDeviance.claim_statistics``).
+    """
+    blocks = reduced.blocks(covariance)
+    transforms = [b.standardising_transform() for b in blocks]
+    with single_threaded_blas(reduced.nobs):
+        deviance = make_deviance(reduced.stats, [b.layout for b in blocks], reml, column_transforms=transforms)
+        optimum = optimise_stage(deviance)
+        design = Design(
+            formula=reduced.formula,
+            y=None,
+            X=None,
+            fixed_names=list(reduced.plan.fixed_names),
+            blocks=blocks,
+            weights=None,
+            n_missing=reduced.n_missing,
+            dropped_fixed=list(reduced.dropped_fixed),
+            row_index=None,
+            fixed_spec=reduced.plan.fixed_spec,
+            response_name=reduced.formula.response,
+            data=None,
+            n_rows=reduced.nobs,
+        )
+        record = FitRecord(design, deviance, reduced.scaling, optimum, reml)
+    return check_stage(record, stacklevel=4)
+
+
+def refit(
+    record: FitRecord, y: np.ndarray | None = None, fixed_column: int | None = None, value: float = 0.0
+) -> FitRecord:
+    """The same design refitted from the optimum: a new response, or one fixed effect held at ``value``.
+
+    Used by parametric-bootstrap replicates and profile intervals; no warnings.
+    """
+    design = record.design
+    if y is not None:
+        design = dataclasses.replace(design, y=y)
+    if fixed_column is not None:
+        keep = [j for j in range(design.X.shape[1]) if j != fixed_column]
+        design = dataclasses.replace(
+            design,
+            y=design.y - value * design.X[:, fixed_column],
+            X=design.X[:, keep],
+            fixed_names=[design.fixed_names[j] for j in keep],
+            X_gram=None if design.X_gram is None else design.X_gram[np.ix_(keep, keep)],
+        )
+    return fit_design(design, record.reml, start=record.theta_engine)

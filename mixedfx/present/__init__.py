@@ -1,0 +1,1 @@
+"""Presentation: Stata-style text, JSON, HTML, plots and the report."""

@@ -1,0 +1,283 @@
+"""The plots of a multilevel analysis (matplotlib; each function returns the Figure).
+
+Every plot labels its axes, has a title, and stays readable in greyscale: groups are told
+apart by marker and line style as well as by shade.
+
+- :func:`trajectories` observed trajectories per cluster, paneled by a covariate;
+- :func:`cluster_ols_lines` per-cluster OLS lines for clusters with at least k rows;
+- :func:`ols_scatter` per-cluster OLS intercepts against slopes;
+- :func:`shrinkage_plot` OLS vs EB estimates (arrows), point size by cluster size;
+- :func:`predicted_curves` population-mean curves by a covariate, individual curves over data;
+- :func:`caterpillar` ranked EB estimates with intervals, top and bottom highlighted;
+- :func:`residual_diagnostics` residuals vs fitted and normal Q-Q plots (residuals, each effect);
+- :func:`autocorrelation_plot` ACF by lag and the occasion correlation matrix as a heat map.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import stats as st
+
+from ..analysis.explore import ols_by_group
+from ..analysis.prediction import fitted, residuals
+from ..analysis.ranef import ranef
+from ..analysis.ranking import rank, shrinkage
+from ..results import FitRecord
+from ..spec.expressions import quote_name
+
+
+def as_record(fit) -> FitRecord:
+    """The record of a fitted model: a :class:`~mixedfx.results.FitRecord`, or the facade holding one."""
+    return fit if isinstance(fit, FitRecord) else fit.record
+
+
+STYLES = [("k", "-", "o"), ("0.45", "--", "s"), ("0.25", ":", "^"), ("0.6", "-.", "D")]
+
+
+def _panels(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
+    return fig, axes[0]
+
+
+def trajectories(
+    data: pd.DataFrame, x: str, y: str, group: str, by: str | None = None, max_groups: int | None = 200
+) -> Figure:
+    """Observed trajectories ("spaghetti"), one line per cluster, one panel per level of ``by``."""
+    levels = [None] if by is None else sorted(data[by].dropna().unique())
+    fig, axes = _panels(len(levels))
+    for ax, level in zip(axes, levels):
+        part = data if level is None else data[data[by] == level]
+        groups = list(dict.fromkeys(part[group]))[:max_groups]
+        for g in groups:
+            rows = part[part[group] == g].sort_values(x)
+            ax.plot(rows[x], rows[y], color="0.35", linewidth=0.7, alpha=0.6, marker="o", markersize=2)
+        ax.set_title(f"{by} = {level}" if by else f"{y} by {group}")
+        ax.set_xlabel(x)
+    axes[0].set_ylabel(y)
+    fig.suptitle(f"Observed trajectories of {y} ({group})")
+    fig.tight_layout()
+    return fig
+
+
+def cluster_ols_lines(data: pd.DataFrame, x: str, y: str, group: str, min_size: int = 5) -> Figure:
+    """Per-cluster OLS regression lines of ``y`` on ``x`` for clusters with at least ``min_size`` rows."""
+    table = ols_by_group(f"{quote_name(y)} ~ {quote_name(x)}", data, group, min_size=min_size).dropna(subset=[x])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    grid = np.linspace(data[x].min(), data[x].max(), 2)
+    for _, row in table.iterrows():
+        ax.plot(grid, row["(Intercept)"] + row[x] * grid, color="0.3", linewidth=0.8, alpha=0.7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"fitted {y}")
+    ax.set_title(f"Cluster-specific OLS lines ({len(table)} clusters with >= {min_size} obs)")
+    fig.tight_layout()
+    return fig
+
+
+def ols_scatter(table: pd.DataFrame, slope: str, intercept: str = "(Intercept)") -> Figure:
+    """Scatter of per-cluster OLS intercepts against slopes (a table from :func:`mixedfx.ols_by_group`)."""
+    clean = table.dropna(subset=[slope, intercept])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(
+        clean[intercept],
+        clean[slope],
+        s=12 + clean["n"] / clean["n"].max() * 80,
+        facecolor="0.6",
+        edgecolor="k",
+        linewidth=0.5,
+    )
+    r = np.corrcoef(clean[intercept], clean[slope])[0, 1]
+    ax.set_xlabel(f"OLS {intercept}")
+    ax.set_ylabel(f"OLS slope of {slope}")
+    ax.set_title(f"Cluster intercepts vs slopes (r = {r:.2f}; size = n)")
+    fig.tight_layout()
+    return fig
+
+
+def shrinkage_plot(fit, group: str | None = None, min_size: int = 2) -> Figure:
+    """OLS vs EB estimates per cluster: arrows from OLS to EB, point size by cluster size.
+
+    With two random effects on the factor the arrows live in the (intercept, slope) plane;
+    otherwise one panel per effect plots EB against OLS with the line of no shrinkage.
+    """
+    table = shrinkage(as_record(fit), group=group, min_size=min_size)
+    terms = [c[4:] for c in table.columns if c.startswith("ols_")]
+    sizes = 10 + 80 * table["n"] / table["n"].max()
+    if len(terms) == 2:
+        a, b = terms
+        ok = table[[f"ols_{a}", f"ols_{b}"]].notna().all(axis=1)
+        t = table[ok]
+        fig, ax = plt.subplots(figsize=(6.5, 5))
+        ax.scatter(t[f"ols_{a}"], t[f"ols_{b}"], s=sizes[ok], facecolor="white", edgecolor="k", label="OLS")
+        ax.scatter(t[f"eb_{a}"], t[f"eb_{b}"], s=sizes[ok], facecolor="0.3", edgecolor="k", label="EB")
+        for _, row in t.iterrows():
+            ax.annotate(
+                "",
+                xy=(row[f"eb_{a}"], row[f"eb_{b}"]),
+                xytext=(row[f"ols_{a}"], row[f"ols_{b}"]),
+                arrowprops={"arrowstyle": "->", "color": "0.5", "linewidth": 0.6},
+            )
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
+        ax.legend(title="estimate")
+        ax.set_title("Shrinkage of cluster-specific coefficients (OLS -> EB)")
+        fig.tight_layout()
+        return fig
+    fig, axes = _panels(len(terms), width=4.5)
+    for ax, term in zip(axes, terms):
+        ax.scatter(table[f"ols_{term}"], table[f"eb_{term}"], s=sizes, facecolor="0.5", edgecolor="k")
+        lo = np.nanmin(table[[f"ols_{term}", f"eb_{term}"]].to_numpy())
+        hi = np.nanmax(table[[f"ols_{term}", f"eb_{term}"]].to_numpy())
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="no shrinkage")
+        ax.set_xlabel(f"OLS {term}")
+        ax.set_ylabel(f"EB {term}")
+        ax.set_title(f"Shrinkage: {term}")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def predicted_curves(
+    curves: pd.DataFrame,
+    x: str,
+    by: str | None = None,
+    data: pd.DataFrame | None = None,
+    y: str | None = None,
+    group: str | None = None,
+) -> Figure:
+    """Population-mean curves (by a covariate, with CI bands) and individual curves over observed points.
+
+    ``curves`` comes from ``fit.predict_grid``; individual curves are the rows whose
+    ``curve`` is not ``"population"``, drawn with their observed points when ``data``, ``y``
+    and ``group`` are given.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    pop = curves[curves["curve"] == "population"]
+    levels = [None] if by is None else sorted(pop[by].unique())
+    for k, level in enumerate(levels):
+        colour, style, _ = STYLES[k % len(STYLES)]
+        part = pop if level is None else pop[pop[by] == level]
+        ax.plot(
+            part[x],
+            part["prediction"],
+            color=colour,
+            linestyle=style,
+            linewidth=2,
+            label="population mean" if level is None else f"mean, {by} = {level}",
+        )
+        ax.fill_between(part[x], part["lower"], part["upper"], color=colour, alpha=0.15)
+    individuals = curves[curves["curve"] != "population"]
+    for k, (name, part) in enumerate(individuals.groupby("curve", sort=False)):
+        colour, style, marker = STYLES[(k + 2) % len(STYLES)]
+        label = f"{group or 'cluster'} {name}"
+        ax.plot(part[x], part["prediction"], color=colour, linewidth=1.2, linestyle=style, label=f"{label}: predicted")
+        if data is not None and y is not None and group is not None:
+            obs = data[data[group].astype(str) == str(name)]
+            ax.scatter(obs[x], obs[y], color=colour, marker=marker, s=28, zorder=3, label=f"{label}: observed")
+    ax.set_xlabel(x)
+    ax.set_ylabel("predicted " + (y or "response"))
+    ax.set_title("Predicted mean and individual curves")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def caterpillar(
+    fit, term: str = "(Intercept)", group: str | None = None, level: float = 0.95, highlight: int = 5
+) -> Figure:
+    """Ranked EB estimates with intervals; the top and bottom ``highlight`` clusters are marked."""
+    record = as_record(fit)
+    ranks = rank(record, term=term, group=group, level=level).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6.5, max(4, 0.12 * len(ranks) + 1.5)))
+    pos = np.arange(len(ranks))
+    ax.errorbar(
+        ranks["estimate"],
+        pos,
+        xerr=[ranks["estimate"] - ranks["lower"], ranks["upper"] - ranks["estimate"]],
+        fmt="o",
+        color="0.5",
+        markersize=3,
+        linewidth=0.8,
+    )
+    top = ranks["rank"] <= highlight
+    bottom = ranks["rank"] > len(ranks) - highlight
+    ax.scatter(ranks["estimate"][top], pos[top.to_numpy()], marker="^", color="k", zorder=3, label=f"top {highlight}")
+    ax.scatter(
+        ranks["estimate"][bottom], pos[bottom.to_numpy()], marker="v", color="k", zorder=3, label=f"bottom {highlight}"
+    )
+    ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
+    ax.set_yticks(pos)
+    ax.set_yticklabels(ranks.index, fontsize=6)
+    ax.set_xlabel(f"EB estimate of {term} ({level:.0%} interval)")
+    ax.set_ylabel(group or record.design.blocks[0].name)
+    ax.set_title(f"Ranking of clusters by {term}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def residual_diagnostics(fit) -> Figure:
+    """Residuals vs fitted, normal Q-Q of the residuals, and a normal Q-Q plot per random effect."""
+    record = as_record(fit)
+    blups = ranef(record)
+    effects = [(name, col) for name, frame in blups.items() for col in frame.columns]
+    fig, axes = plt.subplots(1, 2 + len(effects), figsize=(4.2 * (2 + len(effects)), 4), squeeze=False)
+    axes = axes[0]
+    resid = residuals(record, kind="pearson")
+    axes[0].scatter(fitted(record), resid, s=6, color="0.35", alpha=0.6)
+    axes[0].axhline(0, color="k", linewidth=0.8)
+    axes[0].set_xlabel("fitted value")
+    axes[0].set_ylabel("standardized residual")
+    axes[0].set_title("Residuals vs fitted")
+    _qq(axes[1], resid.to_numpy(), "Normal Q-Q: residuals")
+    for ax, (name, col) in zip(axes[2:], effects):
+        _qq(ax, blups[name][col].to_numpy(), f"Normal Q-Q: {col} | {name}")
+    fig.tight_layout()
+    return fig
+
+
+def _qq(ax, values: np.ndarray, title: str) -> None:
+    values = np.sort(values[np.isfinite(values)])
+    theo = st.norm.ppf((np.arange(1, values.size + 1) - 0.5) / values.size)
+    ax.scatter(theo, values, s=8, color="0.3")
+    slope, intercept = np.std(values), np.mean(values)
+    ax.plot(theo, intercept + slope * theo, "k--", linewidth=0.8)
+    ax.set_xlabel("normal quantile")
+    ax.set_ylabel("sample quantile")
+    ax.set_title(title)
+
+
+def autocorrelation_plot(result) -> Figure:
+    """ACF by lag (bars with pair counts) and the occasion-by-occasion correlation heat map.
+
+    ``result`` is a :class:`mixedfx.autocorrelation.Autocorrelation`.
+    """
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    acf = result.acf
+    ax1.bar(acf.index, acf["acf"], color="0.55", edgecolor="k")
+    for lag, row in acf.iterrows():
+        ax1.annotate(f"n={int(row['pairs'])}", (lag, row["acf"]), ha="center", va="bottom", fontsize=8)
+    ax1.axhline(0, color="k", linewidth=0.8)
+    ax1.set_xlabel("lag (occasions apart)")
+    ax1.set_ylabel("autocorrelation")
+    ax1.set_title("Residual autocorrelation by lag")
+    ax1.set_xticks(list(acf.index))
+    matrix = result.matrix
+    image = ax2.imshow(matrix.to_numpy(dtype=float), cmap="Greys", vmin=-1, vmax=1)
+    ax2.set_xticks(range(len(matrix)))
+    ax2.set_yticks(range(len(matrix)))
+    ax2.set_xticklabels(matrix.columns, rotation=45)
+    ax2.set_yticklabels(matrix.index)
+    for i in range(len(matrix)):
+        for j in range(len(matrix)):
+            value = matrix.iat[i, j]
+            if np.isfinite(value):
+                ax2.text(j, i, f"{value:.2f}", ha="center", va="center", color="w" if value > 0.5 else "k", fontsize=8)
+    ax2.set_xlabel("occasion")
+    ax2.set_ylabel("occasion")
+    ax2.set_title("Residual correlation between occasions")
+    fig.colorbar(image, ax=ax2, fraction=0.046)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,182 @@
+"""Presentation of fitted models: Stata-style text tables and the JSON layout.
+
+The text summary follows Stata's ``mixed``: a header (observations, groups, obs per group,
+log-likelihood, Wald chi2), the fixed-effects table (coef, SE, z, P>|z|, CI), the
+random-effects parameters with SEs and CIs, and the LR test against linear regression.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..analysis.lrtest import lr_test_vs_linear
+from ..analysis.varcomp import varcomp_table
+from ..analysis.wald import coef_table, wald_chi2
+from ..results import FitRecord
+
+
+def _num(x: float, width: int = 10) -> str:
+    """A number in ``width`` characters with up to 7 significant digits (Stata's %10.0g feel)."""
+    if x is None or not np.isfinite(x):
+        return ".".rjust(width)
+    for digits in (7, 6, 5):
+        text = f"{x:.{digits}g}"
+        if len(text) < width:
+            break
+    return text.rjust(width)
+
+
+def _pvalue(p: float) -> str:
+    return "   .  " if not np.isfinite(p) else f"{p:6.3f}"
+
+
+def _header(result: FitRecord, level: float) -> list[str]:
+    """Header block: model type, counts, obs per group, log-likelihood, Wald test."""
+    lines = []
+    right = []
+    kind = "REML" if result.reml else "ML"
+    blocks = result.design.blocks
+    right.append(("Number of obs", f"{result.nobs:,}"))
+    sizes = result.group_sizes
+    if len(blocks) == 1:
+        name = blocks[0].name
+        right.append(("Number of groups", f"{result.ngroups[name]:,}"))
+        right.append(("", ""))
+        right.append(("Obs per group:", None))
+        right.append(("min", f"{int(sizes.loc[name, 'min']):,}"))
+        right.append(("avg", f"{sizes.loc[name, 'avg']:.1f}"))
+        right.append(("max", f"{int(sizes.loc[name, 'max']):,}"))
+    chi2, df, p = wald_chi2(result)
+    rside = result.rside
+    left = [f"Mixed-effects {kind} regression" if blocks else f"Marginal (no random effects) {kind} regression"]
+    if len(blocks) == 1:
+        left.append(f"Group variable: {blocks[0].name}")
+    elif not blocks and rside is not None:
+        left.append(f"Group variable: {rside.cluster}")
+        right.append(("Number of groups", f"{rside.model.n_clusters:,}"))
+    like = "Log restricted-likelihood" if result.reml else "Log likelihood"
+    wald = [
+        ("", ""),
+        (f"Wald chi2({df})", f"{chi2:.2f}" if np.isfinite(chi2) else "."),
+        ("Prob > chi2", f"{p:.4f}" if np.isfinite(p) else "."),
+    ]
+    for i, (label, value) in enumerate(right):
+        text = left[i] if i < len(left) else ""
+        if value is None:
+            lines.append(f"{text:<48}{label}")
+        elif label in ("min", "avg", "max"):
+            lines.append(f"{text:<48}{label:>17} = {value:>10}")
+        elif label:
+            lines.append(f"{text:<48}{label:<17} = {value:>10}")
+        else:
+            lines.append(text)
+    if len(blocks) > 1:
+        lines.append("")
+        lines.append("-------------------------------------------------------------")
+        lines.append("                |     No. of       Observations per Group")
+        lines.append(" Group Variable |     Groups    Minimum    Average    Maximum")
+        lines.append("----------------+--------------------------------------------")
+        for block in reversed(blocks):  # outermost level first, as Stata
+            row = sizes.loc[block.name]
+            lines.append(
+                f"{block.name[:15]:>15} | {int(row['groups']):>10,} {int(row['min']):>10,} "
+                f"{row['avg']:>10.1f} {int(row['max']):>10,}"
+            )
+        lines.append("-------------------------------------------------------------")
+    for i, (label, value) in enumerate(wald):
+        text = f"{like} = {result.loglik:.3f}" if i == len(wald) - 1 else ""
+        lines.append(f"{text:<48}{label:<17} = {value:>10}" if label else text)
+    if result.n_missing:
+        lines.append(f"({result.n_missing:,} observation(s) with missing values dropped)")
+    return lines
+
+
+def _display_name(name: str) -> str:
+    return "_cons" if name == "(Intercept)" else name
+
+
+def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, vce: str = "model") -> list[str]:
+    """Coefficient table with the intercept last, as Stata shows it (t and df with ``dfmethod``)."""
+    table = coef_table(result, level, dfmethod=dfmethod, vce=vce)
+    order = [n for n in table.index if n != "(Intercept)"] + [n for n in table.index if n == "(Intercept)"]
+    width = max([12, len(result.design.response_name)] + [len(_display_name(n)) for n in order])
+    pct = f"{level * 100:g}%"
+    stat = "t" if dfmethod else "z"
+    df_head = "        df" if dfmethod else ""
+    se_head = "Robust SE" if vce == "robust" else "Std. Err."
+    rule = "-" * (width + 1) + "+" + "-" * (66 + len(df_head))
+    lines = ["-" * len(rule)]
+    lines.append(
+        f"{result.design.response_name:>{width}} |      Coef.  {se_head}{df_head}      {stat}    P>|{stat}|"
+        f"     [{pct} Conf. Interval]"
+    )
+    lines.append(rule)
+    for name in order:
+        r = table.loc[name]
+        df_cell = f" {r['df']:9.2f}" if dfmethod else ""
+        lines.append(
+            f"{_display_name(name):>{width}} | {_num(r['estimate'])} {_num(r['se'])}{df_cell} {r[stat]:8.2f}  "
+            f"{_pvalue(r['p'])}    {_num(r['lower'])}  {_num(r['upper'])}"
+        )
+    lines.append("-" * len(rule))
+    if dfmethod:
+        lines.append(f"Denominator degrees of freedom: {dfmethod}.")
+    return lines
+
+
+def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
+    """Random-effects parameters with SEs and CIs, grouped by level and structure."""
+    table = varcomp_table(result, level, scale)
+    width = max([27] + [len(p) + 4 for p in table["parameter"]])
+    pct = f"{level * 100:g}%"
+    rule = "-" * (width + 1) + "+" + "-" * 50
+    lines = [
+        "-" * len(rule),
+        f"{'Random-effects Parameters':^{width}} |   Estimate  Std. Err.     [{pct} Conf. Interval]",
+        rule,
+    ]
+    current = None
+    for _, row in table.iterrows():
+        key = (row["group"], row["structure"])
+        if row["group"] == "Residual" and not row["structure"]:
+            lines.append(rule)
+        elif key != current:
+            if row["group"] == "Residual":
+                lines.append(rule)
+            current = key
+            lines.append(f"{row['group'] + ': ' + row['structure']:<{width}} |")
+        numbers = f"{_num(row['estimate'])} {_num(row['se'])}    {_num(row['lower'])}  {_num(row['upper'])}"
+        lines.append(f"{row['parameter']:>{width - 2}}   | {numbers}")
+    lines.append("-" * len(rule))
+    return lines
+
+
+def summary_text(
+    result: FitRecord, level: float = 0.95, scale: str = "var", dfmethod: str | None = None, vce: str = "model"
+) -> str:
+    """The full Stata-style summary.
+
+    ``scale``: ``"var"`` (variances, default) or ``"sd"`` (Stata's ``stddev``);
+    ``dfmethod``: ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for
+    cluster-robust standard errors.
+    """
+    lines = _header(result, level)
+    lines.append("")
+    lines += _fixed_table(result, level, dfmethod, vce)
+    lines.append("")
+    lines += _random_table(result, level, scale)
+    lr = lr_test_vs_linear(result)
+    lines.append(lr.describe())
+    if lr.kind == "chi2":
+        lines.append("")
+        lines.append("Note: LR test is conservative and provided only for reference.")
+    if not result.converged:
+        lines.append(f"Warning: convergence not achieved ({result.optimum.message}).")
+    if result.singular:
+        lines.append(
+            "Warning: boundary (singular) fit: a variance is zero or a correlation is +-1; "
+            "its SE and CI are not defined."
+        )
+    if result.design.dropped_fixed:
+        lines.append(f"Note: aliased fixed effects dropped: {', '.join(result.design.dropped_fixed)}.")
+    return "\n".join(lines)
