@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")  # figures are saved, never shown, in tests
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, settings
 
 from mixedfx import datasets
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
+
+# Property tests are reproducible: derandomised (a fixed seed per test), no example database,
+# and a failing example is printed with the blob that replays it.  "ci" is the default;
+# "long" explores more examples in CI's second job (HYPOTHESIS_PROFILE=long).
+_PROPERTY = dict(deadline=None, derandomize=True, database=None, print_blob=True)
+settings.register_profile("ci", max_examples=25, suppress_health_check=[HealthCheck.too_slow], **_PROPERTY)
+settings.register_profile("long", max_examples=200, suppress_health_check=[HealthCheck.too_slow], **_PROPERTY)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def load_reference(name: str) -> dict:

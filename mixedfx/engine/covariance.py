@@ -128,6 +128,51 @@ class CovStructure:
         rows, cols = _tril_indices_colwise(q)
         return L[rows, cols]
 
+    def mirrors(self) -> dict[int, list[int]]:
+        """For each diagonal parameter of an unstructured factor, the off-diagonal parameters of its
+        column (whose sign a boundary probe flips; see :func:`mixedfx.engine.optimize.minimize_deviance`)."""
+        if self.kind != "unstructured":
+            return {}
+        rows, cols = _tril_indices_colwise(self.q)
+        return {
+            int(k): [int(i) for i in np.flatnonzero((cols == cols[k]) & (rows > rows[k]))]
+            for k in np.flatnonzero(rows == cols)
+        }
+
+    def boundary_alternatives(self, theta: np.ndarray) -> list[np.ndarray]:
+        """Other starting points around a singular unstructured ``G`` (empty otherwise).
+
+        A rank-deficient ``G`` lies where several faces of the Cholesky parameterisation meet
+        (a zero diagonal of ``L`` in one column or another), and an optimiser that reached it
+        along one face cannot see a better optimum on another.  The points returned, all
+        functions of ``G`` itself (so the restarts do not depend on the path, row order or
+        rounding, that led to ``G``), are: ``G``'s leading rank-one part ``u u'`` written in
+        the first column of ``L`` (both signs of ``u`` when ``u_1 = 0``, where the covariances
+        it creates can leave with either sign), and ``G`` inflated off the boundary
+        (``G + 0.1 max(diag G) I``) with its mirror images (one effect's covariances flipped).
+        """
+        if self.kind != "unstructured" or self.q < 2 or not self.on_boundary(theta):
+            return []
+        L = self.factor(theta)
+        G = L @ L.T
+        values, vectors = np.linalg.eigh(G)
+        u = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+        u = -u if u[0] < 0 else u
+        rank_one = []
+        for sign in (1.0, -1.0) if abs(u[0]) < 1e-8 * max(np.abs(u).max(), 1e-300) else (1.0,):
+            column = np.zeros((self.q, self.q))
+            column[:, 0] = sign * u
+            column[0, 0] = abs(u[0])
+            rank_one.append(column)
+        inflated = G + 0.1 * max(float(np.max(np.diag(G))), 1e-4) * np.eye(self.q)
+        points = [inflated]
+        for i in range(1, self.q):
+            flip = np.ones(self.q)
+            flip[i] = -1.0
+            points.append(inflated * np.outer(flip, flip))
+        rows, cols = _tril_indices_colwise(self.q)
+        return [c[rows, cols] for c in rank_one] + [self.theta_from_relative_covariance(P) for P in points]
+
     def on_boundary(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
         """True when the structure is singular at ``theta`` (lme4's ``isSingular`` rule)."""
         lower = self.lower_bounds()
@@ -235,6 +280,28 @@ class BlockLayout:
     def start(self) -> np.ndarray:
         """lme4's starting values (``Lambda = I``)."""
         return _concatenate([s.start() for _, s in self.terms])
+
+    def boundary_alternatives(self, theta: np.ndarray) -> list[np.ndarray]:
+        """The block's parameters with one term moved to one of its :meth:`CovStructure.boundary_alternatives`."""
+        out = []
+        start = 0
+        for _, structure in self.terms:
+            k = structure.n_params
+            for point in structure.boundary_alternatives(theta[start : start + k]):
+                alternative = np.array(theta, dtype=float)
+                alternative[start : start + k] = point
+                out.append(alternative)
+            start += k
+        return out
+
+    def mirrors(self) -> dict[int, list[int]]:
+        """The terms' :meth:`CovStructure.mirrors`, in the block's parameter positions."""
+        out, start = {}, 0
+        for _, structure in self.terms:
+            for k, flips in structure.mirrors().items():
+                out[start + k] = [start + i for i in flips]
+            start += structure.n_params
+        return out
 
     def lower_bounds(self) -> np.ndarray:
         return _concatenate([s.lower_bounds() for _, s in self.terms])

@@ -40,6 +40,9 @@ from .stats import SufficientStats, set_column_transforms
 
 LOG_2PI = float(np.log(2 * np.pi))
 
+#: Singular fits on at most this many rows are restarted from the other faces of the boundary.
+ALTERNATIVES_MAX_ROWS = 100_000
+
 
 @dataclass
 class Solution:
@@ -164,6 +167,32 @@ class ProfiledDeviance:
             Tinv = np.linalg.inv(T)
             thetas.append(layout.theta_from_relative_covariance(Tinv @ Gr @ Tinv.T))
         return np.concatenate(thetas) if thetas else np.zeros(0)
+
+    def mirrors(self) -> dict[int, list[int]]:
+        """Boundary-probe sign flips of every block (:meth:`BlockLayout.mirrors`), in theta's positions."""
+        out, start = {}, 0
+        for layout in self.layouts:
+            for k, flips in layout.mirrors().items():
+                out[start + k] = [start + i for i in flips]
+            start += layout.n_params
+        return out
+
+    def boundary_alternatives(self, theta: np.ndarray) -> list[np.ndarray]:
+        """Restart points of a singular fit, one block at a time (:meth:`BlockLayout.boundary_alternatives`).
+
+        None on more than :data:`ALTERNATIVES_MAX_ROWS` rows, where each restart costs seconds.
+        """
+        if self.stats.n > ALTERNATIVES_MAX_ROWS:
+            return []
+        out, start = [], 0
+        for layout in self.layouts:
+            k = layout.n_params
+            for point in layout.boundary_alternatives(np.asarray(theta[start : start + k], dtype=float)):
+                alternative = np.array(theta, dtype=float)
+                alternative[start : start + k] = point
+                out.append(alternative)
+            start += k
+        return out
 
     def on_boundary(self, theta: np.ndarray, tol: float = 1e-4) -> bool:
         """True for a boundary (singular) point: a relative SD at zero or a correlation at +-1."""

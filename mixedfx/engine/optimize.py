@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg as la
 from scipy.optimize import minimize
 
-from .numdiff import numerical_gradient
+from .numdiff import central_hessian, numerical_gradient
 
 #: Largest projected gradient (deviance units per unit theta) accepted at a converged optimum.
 GRADIENT_TOLERANCE = 2e-3
@@ -154,8 +154,9 @@ def fisher_scoring(
     upper: np.ndarray,
     gtol: float,
     max_steps: int = SCORING_STEPS,
-) -> tuple[bool, int]:
-    """Newton steps with the expected information from ``x``: (converged, steps taken).
+    gain: float = SCORING_GAIN,
+) -> tuple[bool, int, np.ndarray]:
+    """Newton steps with the expected information from ``x``: (converged, steps taken, last point).
 
     ``first`` is ``(deviance, gradient, information)`` at ``x``; converged means the
     projected gradient is below ``gtol`` and a further step would gain no more than rounding
@@ -171,32 +172,152 @@ def fisher_scoring(
     steps = 0
     while True:
         if not np.isfinite(f) or info is None:
-            return False, steps
+            return False, steps, x
         try:
             step = _scoring_step(g, info, x, lower, upper)
         except (np.linalg.LinAlgError, ValueError):
-            return False, steps
+            return False, steps, x
         noise = 1e-12 * max(1.0, abs(f))
         # Converged: a flat gradient, and a next step that would gain no more than the
         # deviance's rounding noise (along a nearly flat direction a small gradient can still
         # leave 1e-5 on the table).
         flat = np.all(np.abs(projected_gradient(g, x, lower, upper)) < gtol)
-        if flat and -0.5 * (g @ step) <= max(SCORING_GAIN, noise):
-            return True, steps
+        if flat and -0.5 * (g @ step) <= max(gain, noise):
+            return True, steps, x
         if steps >= max_steps:
-            return False, steps
+            return False, steps, x
         steps += 1
         for _ in range(SCORING_HALVINGS):
             trial = np.clip(x + step, lower, upper)
             if np.array_equal(trial, x):
-                return False, steps
+                return False, steps, x
             f_trial, g_trial, info_trial = counted.with_information(trial)
             if f_trial <= f + noise:
                 break
             step = step / 2
         else:
-            return False, steps
+            return False, steps, x
         x, f, g, info = trial, f_trial, g_trial, info_trial
+
+
+#: Newton polishing with finite-difference derivatives (numerical-gradient fits): at most this
+#: many parameters, this many steps, and steps below this size (relative to 1 + |theta|) stop.
+POLISH_MAX_PARAMS = 4
+POLISH_STEPS = 4
+POLISH_STEP_TOLERANCE = 1e-10
+
+
+def _difference_steps(x: np.ndarray, lower: np.ndarray, upper: np.ndarray, size: float) -> np.ndarray:
+    """Central-difference steps of relative ``size``, NaN where a bound is within the step."""
+    h = size * np.maximum(np.abs(x), 0.1)
+    return np.where((x - h > lower) & (x + h < upper), h, np.nan)
+
+
+def _finite_difference_derivatives(func, x: np.ndarray, free: np.ndarray, steps: np.ndarray):
+    """Central-difference gradient and Hessian of ``func`` over the ``free`` coordinates."""
+    return _gradient_at(func, None, x, free), central_hessian(func, x, np.where(free, steps, 1.0), free)
+
+
+def _gradient_derivatives(gradient, x: np.ndarray, free: np.ndarray, steps: np.ndarray):
+    """Analytic gradient and the central-difference Hessian of it over the ``free`` coordinates."""
+    idx = np.flatnonzero(free)
+    H = np.empty((idx.size, idx.size))
+    for a, i in enumerate(idx):
+        e = np.zeros_like(x)
+        e[i] = steps[i]
+        H[a] = (gradient(x + e)[idx] - gradient(x - e)[idx]) / (2 * steps[i])
+    return gradient(x)[idx], (H + H.T) / 2
+
+
+def newton_polish(
+    func: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    gradient: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """:func:`_newton_rounds` until no coordinate ends just short of a bound (at most twice)."""
+    x = _newton_rounds(func, _snap_to_bounds(func, np.array(x, dtype=float), lower, upper), lower, upper, gradient)
+    snapped = _snap_to_bounds(func, x, lower, upper)
+    if np.array_equal(snapped, x):
+        return x
+    return _snap_to_bounds(func, _newton_rounds(func, snapped, lower, upper, gradient), lower, upper)
+
+
+def _newton_rounds(
+    func: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    gradient: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Newton steps with a finite-difference Hessian on the coordinates away from bounds.
+
+    L-BFGS-B stops where its gradient is below the gradient's noise, which leaves the optimum
+    uncertain to ~1e-6 relative along flat directions, so that row order (through rounding)
+    moves estimates in the sixth digit.  A few Newton steps from there converge
+    quadratically, to ~1e-10.  The gradient is ``gradient`` (analytic) or central differences
+    of ``func``.  Coordinates held at a bound stay there; a step is taken only if it does not
+    raise the deviance, unless it promises less than the deviance's rounding noise.  Returns
+    the polished point (or ``x``).
+    """
+    steps = _difference_steps(x, lower, upper, 1e-4)  # near the fourth root of the rounding error
+    free = np.isfinite(steps)
+    if not free.any() or free.sum() > POLISH_MAX_PARAMS:
+        return x
+    idx = np.flatnonzero(free)
+    derivatives = _finite_difference_derivatives if gradient is None else _gradient_derivatives
+    grad, H = derivatives(func if gradient is None else gradient, x, free, steps)
+    try:
+        factor = la.cho_factor(H)  # computed once: Newton steps with a fixed Hessian converge fast
+    except (np.linalg.LinAlgError, ValueError):
+        return x
+    for _ in range(POLISH_STEPS):
+        if not np.all(np.isfinite(grad)):
+            return x
+        step = -la.cho_solve(factor, grad)
+        trial = x.copy()
+        trial[idx] = np.clip(x[idx] + step, lower[idx], upper[idx])
+        f0 = func(x)
+        # Near the optimum the quadratic model decides, not a comparison of two values that
+        # differ by rounding; farther away the step must not raise the deviance.
+        promised = -0.5 * float(grad @ step)
+        in_noise = promised <= 1e-10 * max(1.0, abs(f0))
+        if not in_noise and not func(trial) <= f0:
+            return x
+        x = trial
+        if in_noise or np.max(np.abs(step) / (1.0 + np.abs(x[idx]))) < POLISH_STEP_TOLERANCE:
+            break
+        grad = _gradient_at(func, gradient, x, free)
+    return x
+
+
+def _snap_to_bounds(func, x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``x`` with coordinates that stopped just short of a bound (closer than a difference step)
+    moved onto it where that does not raise the deviance beyond rounding: a variance L-BFGS-B
+    left at 1e-7 is zero, and must be so whatever the row order."""
+    near = (x > lower) & (x - lower < 1e-4 * np.maximum(np.abs(x), 0.1))
+    f = func(x)
+    for i in np.flatnonzero(near):
+        trial = x.copy()
+        trial[i] = lower[i]
+        f_trial = func(trial)
+        if f_trial <= f + 1e-12 * max(1.0, abs(f)):
+            x, f = trial, f_trial
+    return x
+
+
+def _gradient_at(func, gradient, x: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """The gradient over the ``free`` coordinates: analytic, or central differences of ``func``."""
+    idx = np.flatnonzero(free)
+    if gradient is not None:
+        return gradient(x)[idx]
+    grad = np.empty(idx.size)
+    for a, i in enumerate(idx):
+        e = np.zeros_like(x)
+        e[i] = 1e-5 * max(abs(x[i]), 0.1)  # near the cube root of the rounding error
+        grad[a] = (func(x + e) - func(x - e)) / (2 * e[i])
+    return grad
 
 
 #: How often the optimiser is restarted from off a boundary (lme4's ``restart_edge``).
@@ -206,22 +327,35 @@ EDGE_RESTARTS = 3
 EDGE_PROBES = (1e-3, 1e-2, 0.1, 0.5)
 
 
-def _edge_restart_point(func: Callable[[np.ndarray], float], x: np.ndarray, lower: np.ndarray) -> np.ndarray | None:
+def _edge_restart_point(
+    func: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    lower: np.ndarray,
+    mirrors: dict[int, list[int]] | None = None,
+) -> np.ndarray | None:
     """A better point just off an active lower bound, or None if the boundary optimum stands.
 
     A relative SD of zero is a stationary point of the deviance (it is even in the
     factor's column), so a gradient method can stop there although the deviance
-    decreases away from it; probing at a few distances finds such false optima.
+    decreases away from it; probing at a few distances finds such false optima.  A
+    Cholesky column with a zero diagonal can leave the boundary towards either sign of the
+    covariances it creates: ``mirrors[i]`` lists the coordinates (that column's
+    off-diagonal entries) negated in a second, mirrored probe, so that which side the
+    optimiser happened to approach from (row order, rounding) does not decide the optimum.
     """
     f0 = func(x)
     best, best_f = None, f0 - 1e-10 * max(1.0, abs(f0))
     for i in np.flatnonzero(np.isfinite(lower) & (x <= lower + 1e-10)):
+        flips = (mirrors or {}).get(int(i), [])
         for step in EDGE_PROBES:
-            trial = x.copy()
-            trial[i] = lower[i] + step
-            f = func(trial)
-            if f < best_f:
-                best, best_f = trial, f
+            for mirrored in (False, True) if flips else (False,):
+                trial = x.copy()
+                trial[i] = lower[i] + step
+                if mirrored:
+                    trial[flips] = -trial[flips]
+                f = func(trial)
+                if f < best_f:
+                    best, best_f = trial, f
     return best
 
 
@@ -234,6 +368,8 @@ def minimize_deviance(
     value_and_gradient: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
     step_scale: float = 1.0,
     value_gradient_information: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]] | None = None,
+    mirrors: dict[int, list[int]] | None = None,
+    alternatives: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> OptimumReport:
     """Minimise ``deviance`` over ``lower <= theta <= upper`` from ``start``.
 
@@ -242,7 +378,10 @@ def minimize_deviance(
     length (in theta units) of the optimiser's first trial step: below 1 for a start that is
     already close to the optimum.  ``value_gradient_information``, when given, also returns
     the expected information: Fisher scoring (:func:`fisher_scoring`) then starts, and
-    L-BFGS-B continues only if scoring does not converge.
+    L-BFGS-B continues only if scoring does not converge.  At a boundary optimum the
+    optimiser probes off the bound (``mirrors``: coordinates whose sign the probe also flips)
+    and restarts from ``alternatives(theta)`` (points on the boundary's other faces); the
+    best point found is polished by Newton steps.
     """
     counted = _Counter(deviance, value_and_gradient, value_gradient_information)
     lower = np.asarray(lower, dtype=float)
@@ -311,23 +450,32 @@ def minimize_deviance(
         return result
 
     scored = value_gradient_information is not None and value_and_gradient is not None and np.isfinite(f_start)
-    converged, steps = (
+    converged, steps, _ = (
         fisher_scoring(counted, start, first, lower, upper, gtol, min(SCORING_STEPS, max_iterations))
         if scored
-        else (False, 0)
+        else (False, 0, start)
     )
     # Scoring's steps count against the iteration limit; L-BFGS-B continues from its best point.
     resume = counted.best_x if (scored and counted.best_x is not None) else start
     result = None if (converged or steps >= max_iterations) else run(resume, max_iterations - steps)
     for _ in range(EDGE_RESTARTS):
-        restart = _edge_restart_point(counted, counted.best_x, lower)
+        restart = _edge_restart_point(counted, counted.best_x, lower, mirrors)
         if restart is None:
             break
         result = run(restart)
-    if result is None or counted.best_f < result.fun:
-        theta, f = counted.best_x, counted.best_f
-    else:
-        theta, f = np.asarray(result.x, dtype=float), float(result.fun)
+    if alternatives is not None and np.isfinite(counted.best_f):
+        for point in alternatives(counted.best_x):  # a singular optimum: the boundary's other faces
+            result = run(np.clip(point, lower, upper))
+    theta, f = counted.best_x, counted.best_f
+    snapped = _snap_to_bounds(counted, theta, lower, upper) if np.isfinite(f) else theta
+    if result is None and not np.array_equal(snapped, theta):  # scoring stopped just off a bound
+        theta = fisher_scoring(counted, snapped, counted.with_information(snapped), lower, upper, gtol)[2]
+    elif result is not None and np.isfinite(f):
+        # Finish where L-BFGS-B stopped with Newton steps, which converge fast; their last point
+        # is the optimum even where its deviance differs from the best one by rounding.
+        analytic = (lambda x: counted.with_gradient(x)[1]) if value_and_gradient is not None else None
+        theta = newton_polish(counted, theta, lower, upper, analytic)
+        f = counted(theta)
     if value_and_gradient is not None:
         grad = counted.with_gradient(theta)[1]
     else:

@@ -100,6 +100,8 @@ def optimise_stage(
         value_and_gradient=deviance.deviance_and_gradient if analytic else None,
         step_scale=step_scale,
         value_gradient_information=deviance.deviance_gradient_information if analytic else None,
+        mirrors=deviance.mirrors(),
+        alternatives=deviance.boundary_alternatives,
     )
 
 
