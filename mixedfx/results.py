@@ -78,8 +78,9 @@ class FitRecord:
     evaluator the optimiser minimised, on standardised data), ``scaling`` (back to the data's
     scale), ``optimum`` (the optimiser's report), ``reml``, ``rside`` (the residual structure,
     or None), ``weight_scale`` (the mean weight the engine divided out: sigma is reported for
-    the user's weights), and ``cache``: analyses memoised by the analysis layer (BLUPs,
-    the variance components' covariance), keyed by name.
+    the user's weights), ``notes`` (weakly identified terms, printed with the summary) and
+    ``cache`` (analyses memoised by the analysis layer: BLUPs, the variance components'
+    covariance; keyed by name).
 
     Estimates computed at construction: ``theta_engine`` (the optimiser's parameters),
     ``loglik`` (log-likelihood, REML criterion for REML fits), ``sigma``, ``fixef``, ``vcov``,
@@ -93,6 +94,7 @@ class FitRecord:
     reml: bool
     rside: RSideFit | None = None
     weight_scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
     cache: dict = field(default_factory=dict, repr=False)
     theta_engine: np.ndarray = field(init=False)
     light: Solution = field(init=False, repr=False)

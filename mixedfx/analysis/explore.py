@@ -19,8 +19,8 @@ import pandas as pd
 from formulaic import model_matrix
 
 from ..data.columns import check_columns, lme4_name, required_variables
+from ..data.transforms import formula_context
 from ..errors import DataError, suggest
-from ..spec.expressions import evaluation_context
 
 
 @dataclass
@@ -84,7 +84,7 @@ def ols_by_group(formula: str, data: pd.DataFrame, group: str, min_size: int = 1
     if group not in data.columns:
         raise DataError(f"Unknown group column {group!r}.{suggest(group, map(str, data.columns))}")
     check_columns(required_variables(formula, "the formula"), data, "the formula")
-    mm = model_matrix(formula, data, na_action="drop", context=evaluation_context())
+    mm = model_matrix(formula, data, na_action="drop", context=formula_context())
     y = np.asarray(mm.lhs, dtype=float).ravel()
     X = np.asarray(mm.rhs, dtype=float)
     names = [lme4_name(str(c)) for c in mm.rhs.columns]

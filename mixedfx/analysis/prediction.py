@@ -20,9 +20,9 @@ from scipy import stats as st
 from ..data.columns import lme4_name
 from ..data.design import ReBlock
 from ..data.levels import factor_labels
+from ..data.transforms import formula_context
 from ..errors import DataError, OptionError
 from ..results import FitRecord
-from ..spec.expressions import evaluation_context
 from .ranef import conditional_effects
 
 POPULATION = ("population", "xb", "fixed", 0)
@@ -41,7 +41,7 @@ def _level_kind(level: object) -> str:
 def _fixed_matrix(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
     """Fixed-effects design of new data, in the fitted model's columns."""
     try:
-        mm = result.design.fixed_spec.get_model_matrix(data, na_action="raise", context=evaluation_context())
+        mm = result.design.fixed_spec.get_model_matrix(data, na_action="raise", context=formula_context())
     except Exception as exc:  # formulaic raises several types for bad new data
         raise DataError(f"Cannot build the fixed effects for the new data: {exc}") from exc
     frame = pd.DataFrame(np.asarray(mm, dtype=float), columns=[lme4_name(str(c)) for c in mm.columns])
@@ -54,9 +54,7 @@ def _random_matrix(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
     for term in block.terms:
         try:
             parts.append(
-                np.asarray(
-                    term.spec.get_model_matrix(data, na_action="raise", context=evaluation_context()), dtype=float
-                )
+                np.asarray(term.spec.get_model_matrix(data, na_action="raise", context=formula_context()), dtype=float)
             )
         except Exception as exc:
             raise DataError(f"Cannot build random term ({term.expr} | {block.name}) for the new data: {exc}") from exc

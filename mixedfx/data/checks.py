@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, IdentifiabilityWarning, RankDeficiencyWarning
+from ..errors import DataError, RankDeficiencyWarning
 
 #: Relative tolerance for detecting aliased fixed-effect columns (lme4 uses 1e-7).
 RANK_TOLERANCE = 1e-7
@@ -135,28 +135,20 @@ def check_enough_rows(nobs: int, n_fixed: int) -> None:
         raise DataError(f"{nobs} observations are too few for {n_fixed} fixed-effect and residual parameters.")
 
 
-def warn_constant_slopes(block) -> None:
-    """Warn when a random slope does not vary within any cluster (it then only shifts the intercept)."""
-    intercept = any(np.all(block.Z[:, k] == 1.0) for k in range(block.q))
-    codes = block.codes
-    starts = None
-    if codes.size and np.all(codes[1:] >= codes[:-1]):  # rows grouped by cluster: per-cluster ranges
-        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    for k, name in enumerate(block.names):
-        col = block.Z[:, k]
-        if not intercept or np.all(col == 1.0):
-            continue
-        if starts is not None:
-            spread = (np.maximum.reduceat(col, starts) - np.minimum.reduceat(col, starts)).max()
-        else:
-            counts = np.bincount(codes, minlength=block.n_levels)
-            means = np.bincount(codes, weights=col, minlength=block.n_levels) / np.maximum(counts, 1)
-            spread = np.abs(col - means[codes]).max()
-        if spread <= 1e-12 * max(np.abs(col).max(), 1.0):
-            warnings.warn(
-                f"The random slope of {name!r} on {block.name!r} is constant within every cluster: it is "
-                "confounded with the random intercept and identified only through differences in variance "
-                "between clusters. Consider dropping it from the random part.",
-                IdentifiabilityWarning,
-                stacklevel=4,
+def check_finite(matrix: np.ndarray, names: list[str], index: pd.Index) -> None:
+    """Refuse model columns with NaN or infinite values, naming the column and the first row.
+
+    The raw data's missing values are gone by now (listwise deletion), so a non-finite value
+    comes from a transformation that is undefined there (``np.log(0)``, ``1 / 0``, ``sqrt(-1)``).
+    """
+    matrix = matrix.reshape(len(index), -1)
+    if np.isfinite(np.add.reduce(matrix, axis=0)).all():  # one pass: NaN and infinity propagate
+        return
+    for k, name in enumerate(names):
+        bad = ~np.isfinite(matrix[:, k])
+        if bad.any():
+            raise DataError(
+                f"The model column {name!r} is not finite on {int(bad.sum())} row(s) (first at row "
+                f"{index[np.argmax(bad)]!r}): the transformation is undefined there (log of zero or a "
+                "negative number, division by zero, ...)."
             )

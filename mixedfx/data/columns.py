@@ -18,19 +18,21 @@ from formulaic import Formula, model_matrix
 from formulaic.errors import FormulaicError
 
 from ..errors import DataError, FormulaError, suggest
-from ..spec.expressions import evaluation_context, factor_variables
+from ..spec.expressions import factor_variables
 from ..spec.formula import ParsedFormula, RandomTerm
+from ..spec.rsyntax import r_column_name
+from .transforms import formula_context
 
 #: Exceptions formulaic raises for formulas or data it cannot handle.
 FORMULAIC_ERRORS = (FormulaicError, SyntaxError, ValueError, TypeError, KeyError)
 
 
 def lme4_name(name: str) -> str:
-    """Translate a formulaic column name into lme4's: ``sex[T.M]`` -> ``sexM``."""
+    """Translate a formulaic column name into lme4's: ``sex[T.M]`` -> ``sexM``, ``I(x ** 2)`` -> ``I(x^2)``."""
     if name == "Intercept":
         return "(Intercept)"
     name = re.sub(r"\[T\.([^\]]*)\]", r"\1", name)
-    return re.sub(r"\[([^\]]*)\]", r"\1", name)
+    return r_column_name(re.sub(r"\[([^\]]*)\]", r"\1", name))
 
 
 @lru_cache(maxsize=256)
@@ -85,14 +87,14 @@ class DeferredSpec:
         """The formulaic ModelSpec (of the right-hand side when ``part == "rhs"``)."""
         if self._spec is None:
             matrices = model_matrix(
-                parsed_formula(self._formula), self._head, na_action="raise", context=evaluation_context()
+                parsed_formula(self._formula), self._head, na_action="raise", context=formula_context()
             )
             self._spec = (getattr(matrices, self._part) if self._part else matrices).model_spec
         return self._spec
 
     def get_model_matrix(self, data: pd.DataFrame, **kwargs):
         """The model matrix of ``data`` (formulaic's ``ModelSpec.get_model_matrix``)."""
-        kwargs.setdefault("context", evaluation_context())
+        kwargs.setdefault("context", formula_context())
         return self.spec.get_model_matrix(data, **kwargs)
 
     def __getattr__(self, name: str):
@@ -162,9 +164,10 @@ def fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarra
         if direct is not None and direct[0] is not None and direct[0].shape[1] == 1:
             lhs, X, spec, names = direct
             return lhs[:, 0], X, [lme4_name(c) for c in names], spec
-        matrices = model_matrix(
-            parsed_formula(parsed.fixed_formula), data, na_action="raise", context=evaluation_context()
-        )
+        with np.errstate(all="ignore"):  # undefined values are reported by name (checks.check_finite)
+            matrices = model_matrix(
+                parsed_formula(parsed.fixed_formula), data, na_action="ignore", context=formula_context()
+            )
     except FORMULAIC_ERRORS as exc:
         raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed_formula}': {exc}") from exc
     lhs = matrices.lhs
@@ -188,7 +191,8 @@ def term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list
             if Z.shape[1] == 0:
                 raise FormulaError(f"Random term ({term.expr} | {term.group_name}) has no columns.")
             return Z, [lme4_name(c) for c in names], spec
-        mm = model_matrix(parsed_formula(term.expr), data, na_action="raise", context=evaluation_context())
+        with np.errstate(all="ignore"):
+            mm = model_matrix(parsed_formula(term.expr), data, na_action="ignore", context=formula_context())
     except FORMULAIC_ERRORS as exc:
         raise FormulaError(f"Cannot build random term ({term.expr} | {term.group_name}): {exc}") from exc
     Z = np.asarray(mm, dtype=float)

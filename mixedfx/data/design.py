@@ -24,10 +24,10 @@ from ..spec.formula import ParsedFormula
 from ..spec.structures import canonical_structure
 from .checks import (
     check_enough_rows,
+    check_finite,
     check_grouping_factor,
     complete_rows,
     drop_aliased,
-    warn_constant_slopes,
     weights_vector,
 )
 from .columns import check_columns, fixed_matrices, required_variables, term_columns
@@ -180,6 +180,7 @@ def _build_blocks(
     blocks: dict[str, ReBlock] = {}
     for term in parsed.random:
         Z, names, spec = term_columns(term, data)
+        check_finite(Z, names, data.index)
         block = blocks.get(term.group_name)
         if block is None:
             codes, levels = group_codes(data, term.factor)
@@ -192,7 +193,6 @@ def _build_blocks(
     ordered = sorted(blocks.values(), key=lambda b: -b.n_levels)  # lme4's order: most levels first
     for block in ordered:
         check_grouping_factor(block.name, block.n_levels, block.q, block.names, nobs)
-        warn_constant_slopes(block)
     return ordered
 
 
@@ -258,6 +258,8 @@ def build_design(
         for col in frame.select_dtypes(include="category"):
             frame[col] = frame[col].cat.remove_unused_categories()
     y, X, names, spec = fixed_matrices(parsed, frame)
+    check_finite(y, [parsed.response], frame.index)
+    check_finite(X, names, frame.index)
     check_enough_rows(len(y), X.shape[1])
     X, names, dropped, gram = drop_aliased(X, names)
     blocks = _build_blocks(parsed, frame, len(y), covariance)

@@ -28,10 +28,11 @@ from ..data.design import Design, build_design
 from ..data.reduce.assemble import ReducedData
 from ..engine.deviance import ProfiledDeviance
 from ..engine.factory import make_deviance
+from ..engine.identifiability import ZERO_SHARE, identifiability
 from ..engine.optimize import OptimumReport, minimize_deviance
 from ..engine.start import starting_point
 from ..engine.stats import Scaling, compute_stats, standardisation
-from ..errors import ConvergenceWarning, OptionError, SingularFitWarning
+from ..errors import ConvergenceWarning, DataError, IdentifiabilityWarning, OptionError, SingularFitWarning
 from ..results import FitRecord
 from ..spec.model import ModelSpec
 from .threads import single_threaded_blas
@@ -67,6 +68,39 @@ def deviance_stage(design: Design, reml: bool) -> tuple[ProfiledDeviance, Scalin
     )
     stats.column_transforms = transforms  # the statistics are those of Z T already
     return make_deviance(stats, [b.layout for b in design.blocks], reml, column_transforms=transforms), scaling
+
+
+def identifiability_stage(deviance: ProfiledDeviance, blocks: list, response: str) -> list[str]:
+    """Refuse variance parameters the data cannot identify; return notes for weakly identified ones.
+
+    From the statistics alone (:mod:`mixedfx.engine.identifiability`), so that DuckDB and Dask
+    fits refuse and warn exactly as in-memory fits do.
+    """
+    deviance.claim_statistics()
+    found = identifiability(deviance.stats, deviance.layouts)
+    if found.residual_share <= ZERO_SHARE:
+        raise DataError(
+            f"The response {response!r} does not vary once the fixed effects are accounted for (it is "
+            "constant, or an exact function of them): there is no variance left to estimate."
+        )
+    notes = []
+    for block, outside, within in zip(blocks, found.outside_fixed, found.within_levels):
+        for name, share, spread in zip(block.names, outside, within):
+            if share <= ZERO_SHARE:
+                raise DataError(
+                    f"The random effect {name!r} of {block.name!r} is confounded with the fixed effects (it lies "
+                    f"in their span, as in y ~ C({block.factor[0]}) + (1 | {block.factor[0]})): its variance is "
+                    "not identified. Remove it from the fixed or the random part."
+                )
+            if spread <= ZERO_SHARE:
+                note = (
+                    f"The random slope of {name!r} on {block.name!r} is constant within every cluster: it is "
+                    "confounded with the random intercept and identified only through differences in variance "
+                    "between clusters. Consider dropping it from the random part."
+                )
+                warnings.warn(note, IdentifiabilityWarning, stacklevel=5)
+                notes.append(note)
+    return notes
 
 
 def parameter_bounds(deviance: ProfiledDeviance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,8 +158,9 @@ def fit_design(design: Design, reml: bool, start: np.ndarray | None = None, max_
     """Stages 2-3 and the record for a design with its rows (no warnings: see :func:`check_stage`)."""
     with single_threaded_blas(design.nobs):
         deviance, scaling = deviance_stage(design, reml)
+        notes = identifiability_stage(deviance, design.blocks, design.response_name)
         optimum = optimise_stage(deviance, start, max_iterations)
-        return FitRecord(design, deviance, scaling, optimum, reml)
+        return FitRecord(design, deviance, scaling, optimum, reml, notes=notes)
 
 
 def fit_rows(
@@ -150,6 +185,7 @@ def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | N
     transforms = [b.standardising_transform() for b in blocks]
     with single_threaded_blas(reduced.nobs):
         deviance = make_deviance(reduced.stats, [b.layout for b in blocks], reml, column_transforms=transforms)
+        notes = identifiability_stage(deviance, blocks, reduced.formula.response)
         optimum = optimise_stage(deviance)
         design = Design(
             formula=reduced.formula,
@@ -166,7 +202,7 @@ def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | N
             data=None,
             n_rows=reduced.nobs,
         )
-        record = FitRecord(design, deviance, reduced.scaling, optimum, reml)
+        record = FitRecord(design, deviance, reduced.scaling, optimum, reml, notes=notes)
     return check_stage(record, stacklevel=4)
 
 
@@ -189,4 +225,6 @@ def refit(
             fixed_names=[design.fixed_names[j] for j in keep],
             X_gram=None if design.X_gram is None else design.X_gram[np.ix_(keep, keep)],
         )
-    return fit_design(design, record.reml, start=record.theta_engine)
+    with warnings.catch_warnings():  # the original fit has warned already
+        warnings.simplefilter("ignore", IdentifiabilityWarning)
+        return fit_design(design, record.reml, start=record.theta_engine)

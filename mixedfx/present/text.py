@@ -179,4 +179,5 @@ def summary_text(
         )
     if result.design.dropped_fixed:
         lines.append(f"Note: aliased fixed effects dropped: {', '.join(result.design.dropped_fixed)}.")
+    lines += [f"Note: {note}" for note in result.notes]
     return "\n".join(lines)

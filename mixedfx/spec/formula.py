@@ -13,6 +13,8 @@ Random terms follow lme4:
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass, field
 
 from formulaic import Formula
@@ -20,6 +22,7 @@ from formulaic.errors import FormulaicError
 
 from ..errors import FormulaError, caret
 from .expressions import factor_variables
+from .rsyntax import translate
 
 
 @dataclass(frozen=True)
@@ -102,24 +105,53 @@ def _find_bar(inner: str) -> int:
     return -1
 
 
-def _expand_factors(group: str, full: str, offset: int) -> list[tuple[str, ...]]:
-    """Expand ``g1/g2/g3`` into ``[(g1,), (g2, g1), (g3, g2, g1)]`` and ``a:b`` into ``[(a, b)]``."""
+_COLUMN_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+
+
+def _factor_name(name: str, full: str, offset: int) -> str:
+    """A grouping variable: a column name, R's dotted names included, or a backticked one."""
+    name = name.strip()
+    if len(name) > 2 and name.startswith("`") and name.endswith("`") and "`" not in name[1:-1]:
+        return name[1:-1]
+    if not _COLUMN_NAME.fullmatch(name):
+        raise FormulaError(
+            f"Grouping factor {name!r} must be a column name (use g1:g2 for interactions, g1/g2 for "
+            "nesting, g1*g2 for both and their interaction, `...` for other names):" + caret(full, offset)
+        )
+    return name
+
+
+def _expand_nesting(group: str, full: str, offset: int) -> list[tuple[str, ...]]:
+    """``g1/g2/g3`` -> ``[(g1,), (g2, g1), (g3, g2, g1)]``; ``a:b`` -> ``[(a, b)]``."""
     nested = [part.strip() for part in group.split("/")]
     if any(not part for part in nested):
         raise FormulaError("Empty grouping factor in random term:" + caret(full, offset))
     factors: list[tuple[str, ...]] = []
     outer: tuple[str, ...] = ()
     for part in nested:
-        names = tuple(name.strip() for name in part.split(":"))
-        for name in names:
-            if not name.isidentifier():
-                raise FormulaError(
-                    f"Grouping factor {name!r} must be a column name "
-                    "(use g1:g2 for interactions, g1/g2 for nesting):" + caret(full, offset)
-                )
+        names = tuple(_factor_name(name, full, offset) for name in part.split(":"))
         factor = names + outer if outer else names
         factors.append(factor)
         outer = factor
+    return factors
+
+
+def _expand_factors(group: str, full: str, offset: int) -> list[tuple[str, ...]]:
+    """The grouping factors of a random term, as lme4 expands them.
+
+    ``g1/g2`` nests (``g1`` and ``g2:g1``), ``a:b`` is the interaction factor, and ``a*b`` is
+    ``a``, ``b`` and ``a:b`` (lme4's expansion of ``(1 | a*b)``).
+    """
+    crossed = [part.strip() for part in group.split("*")]
+    if len(crossed) == 1:
+        return _expand_nesting(group, full, offset)
+    if any(not part or "/" in part for part in crossed):
+        raise FormulaError("Write crossed grouping factors as a*b (no nesting inside):" + caret(full, offset))
+    names = [_factor_name(part, full, offset) for part in crossed]
+    factors = [(name,) for name in names]
+    for size in range(2, len(names) + 1):
+        for combo in itertools.combinations(names, size):
+            factors.append(tuple(combo))
     return factors
 
 
@@ -153,7 +185,8 @@ def parse_formula(formula: str) -> ParsedFormula:
     """
     if not isinstance(formula, str) or not formula.strip():
         raise FormulaError("The formula must be a non-empty string such as 'y ~ x + (1 | g)'.")
-    text = " ".join(formula.split())
+    original = " ".join(formula.split())
+    text = translate(original)  # R's meanings (^ inside calls is a power, ...): see mixedfx.spec.rsyntax
     if text.count("~") != 1:
         where = text.find("~", text.find("~") + 1) if text.count("~") > 1 else len(text)
         raise FormulaError("A formula needs exactly one '~' between response and predictors:" + caret(text, where))
@@ -179,7 +212,7 @@ def parse_formula(formula: str) -> ParsedFormula:
         else:
             fixed_pieces.append(piece.strip())
     fixed = " + ".join(fixed_pieces) if fixed_pieces else "1"
-    parsed = ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random_terms))
+    parsed = ParsedFormula(text=original, response=response, fixed=fixed, random=tuple(random_terms))
     _check_expressions(parsed)
     return parsed
 

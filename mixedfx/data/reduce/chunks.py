@@ -9,14 +9,24 @@ import pandas as pd
 from ...engine.stats import Scaling
 from ...errors import DataError, OptionError
 from ...spec.formula import parse_formula
+from ..checks import complete_rows, weights_vector
 from ..design import model_variables
 from .assemble import ClusterSums, ReducedData, finish, scaling_from_moments, standardised
-from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns
+from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns, refuse_stateful
+
+
+def _complete_chunk(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> pd.DataFrame:
+    """The chunk's complete rows, with the in-memory design's checks (infinite values, weights)."""
+    used = plan.variables + ([weights] if weights else [])
+    frame = frame.loc[complete_rows(frame, used).to_numpy()]
+    if weights and len(frame):
+        weights_vector(weights, frame, pd.Series(True, index=frame.index))
+    return frame
 
 
 def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> np.ndarray:
     """Count, sums and sums of squares of X, y and every Z column for one chunk (complete rows)."""
-    frame = frame.dropna(subset=plan.variables + ([weights] if weights else []))
+    frame = _complete_chunk(plan, frame, weights)
     if frame.empty:
         return None
     y, X, Zs = model_columns(plan, frame)
@@ -26,7 +36,7 @@ def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -
 
 def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights: str | None):
     """Per-cluster sums of one chunk, as a DataFrame keyed by the innermost factor, plus global sums."""
-    frame = frame.dropna(subset=plan.variables + ([weights] if weights else []))
+    frame = _complete_chunk(plan, frame, weights)
     if frame.empty:
         return None
     y, X, Zs = model_columns(plan, frame)
@@ -107,6 +117,7 @@ def reduce_frame(
     variables = model_variables(parsed, list(data.columns))
     prototype = data.dropna(subset=[v for v in variables if v in data.columns]).head(2000)
     plan = plan_columns(parsed, prototype, {c: v for c, v in levels.items() if c in variables})
+    refuse_stateful(plan)
     chunks = [data.iloc[i : i + chunk_rows] for i in range(0, len(data), chunk_rows)]
     moments = [m for m in (_chunk_moments(plan, c, weights) for c in chunks) if m is not None]
     if not moments:
@@ -135,6 +146,7 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
     levels = {c: sorted(pd.Series(u).tolist()) for c, u in zip(categorical, uniques)}
     prototype = frame.head(2000, npartitions=-1).dropna(subset=[v for v in variables if v in frame.columns])
     plan = plan_columns(parsed, prototype, levels)
+    refuse_stateful(plan)
     parts = frame.to_delayed()
     total_rows = dask.compute(*[dask.delayed(len)(part) for part in parts])
     moments = dask.compute(*[dask.delayed(_chunk_moments)(plan, part, weights) for part in parts])

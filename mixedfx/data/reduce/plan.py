@@ -6,6 +6,7 @@ Every expression is checked (:mod:`mixedfx.spec.expressions`) before any row is 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,11 +14,13 @@ import pandas as pd
 from formulaic import model_matrix
 
 from ...errors import DataError, FormulaError
-from ...spec.expressions import evaluation_context
 from ...spec.formula import ParsedFormula
+from ..checks import check_finite
 from ..columns import lme4_name
 from ..design import model_variables
 from ..levels import factor_labels
+from ..transforms import formula_context
+from .sql import STATEFUL, python_factors
 
 
 @dataclass
@@ -43,12 +46,14 @@ def plan_columns(parsed: ParsedFormula, prototype: pd.DataFrame, levels: dict[st
     frame = prototype.copy()
     for col, values in levels.items():
         frame[col] = pd.Categorical(frame[col], categories=values)
-    mm = model_matrix(parsed.fixed_formula, frame, na_action="raise", context=evaluation_context())
+    with np.errstate(all="ignore"):  # undefined values are reported by name when the columns are computed
+        mm = model_matrix(parsed.fixed_formula, frame, na_action="ignore", context=formula_context())
     if mm.lhs.shape[1] != 1:
         raise DataError(f"The response {parsed.response!r} must be one numeric column.")
     terms = []
     for term in parsed.random:
-        zm = model_matrix(term.expr, frame, na_action="raise", context=evaluation_context())
+        with np.errstate(all="ignore"):
+            zm = model_matrix(term.expr, frame, na_action="ignore", context=formula_context())
         terms.append((term.expr, term.factor, term.covariance, [lme4_name(str(c)) for c in zm.columns], zm.model_spec))
     variables = model_variables(parsed, frame)
     return ColumnPlan(
@@ -66,13 +71,18 @@ def model_columns(plan: ColumnPlan, frame: pd.DataFrame) -> tuple[np.ndarray, np
     frame = frame.copy()
     for col, values in plan.categorical_levels.items():
         frame[col] = pd.Categorical(frame[col], categories=values)
-    context = evaluation_context()
-    X = np.asarray(plan.fixed_spec.get_model_matrix(frame, na_action="raise", context=context), dtype=float)
-    y = np.asarray(model_matrix(plan.response, frame, na_action="raise", context=context), dtype=float)[:, -1]
-    Zs = [
-        np.asarray(spec.get_model_matrix(frame, na_action="raise", context=context), dtype=float)
-        for *_, spec in plan.terms
-    ]
+    context = formula_context()
+    with np.errstate(all="ignore"):  # undefined values are reported by name below
+        X = np.asarray(plan.fixed_spec.get_model_matrix(frame, na_action="ignore", context=context), dtype=float)
+        y = np.asarray(model_matrix(plan.response, frame, na_action="ignore", context=context), dtype=float)[:, -1]
+        Zs = [
+            np.asarray(spec.get_model_matrix(frame, na_action="ignore", context=context), dtype=float)
+            for *_, spec in plan.terms
+        ]
+    check_finite(y, [plan.response], frame.index)
+    check_finite(X, [lme4_name(str(c)) for c in plan.fixed_spec.column_names], frame.index)
+    for (*_, names, _), Z in zip(plan.terms, Zs):
+        check_finite(Z, names, frame.index)
     return y, X, Zs
 
 
@@ -84,3 +94,22 @@ def cluster_keys(plan: ColumnPlan, frame: pd.DataFrame) -> pd.DataFrame:
         if name not in out:
             out[name] = factor_labels(frame, factor)
     return pd.DataFrame(out)
+
+
+def refuse_stateful(plan: ColumnPlan) -> None:
+    """Refuse transforms whose state comes from the whole column: a reduction builds its specs on a
+    sample and evaluates them chunk by chunk, so poly's or scale's state would be the sample's."""
+    specs = [plan.fixed_spec] + [spec for *_, spec in plan.terms]
+    for spec in specs:
+        for expr in python_factors(spec):
+            check_stateless(expr)
+
+
+def check_stateless(expr: str) -> None:
+    """Refuse an expression that calls a stateful transform (see :data:`mixedfx.data.reduce.sql.STATEFUL`)."""
+    for name in STATEFUL:
+        if re.search(rf"(?<![\w.]){name}\s*\(", expr):
+            raise FormulaError(
+                f"{expr!r} needs statistics of the whole column ({name}() keeps state); reductions evaluate "
+                "formulas chunk by chunk, so use engine='memory' or compute the column in the data first."
+            )

@@ -9,6 +9,7 @@ against formulaic on a sample before use.
 
 from __future__ import annotations
 
+import ast
 import tempfile
 from pathlib import Path
 
@@ -17,36 +18,169 @@ import pandas as pd
 
 from ...engine.stats import Scaling
 from ...errors import DataError, FormulaError, OptionError, suggest
+from ...spec.expressions import expression_variables
 from ...spec.formula import parse_formula
 from ..design import model_variables
+from ..transforms import formula_context
 from .assemble import ClusterSums, ReducedData, finish, scaling_from_moments
-from .plan import ColumnPlan, check_reducible, model_columns, plan_columns
-from .sql import affine_sql, column_sql, formulaic_names, is_numeric_type, lit, numeric_sql, quote, source_sql
+from .plan import ColumnPlan, check_reducible, model_columns, plan_columns, refuse_stateful
+from .sql import (
+    affine_sql,
+    factor_key_sql,
+    is_float_type,
+    is_numeric_type,
+    lit,
+    numeric_sql,
+    python_factors,
+    quote,
+    source_sql,
+    spec_columns_sql,
+    string_literal,
+)
+from .sql import parse_expression as _parse_expression
+
+
+def _read_schema(con, src: str, files: list[str], source) -> dict[str, str]:
+    """Column name -> DuckDB type, checking that every file has the same types."""
+    import duckdb
+
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {src}").df()
+    except duckdb.Error as exc:
+        raise DataError(f"DuckDB cannot read {source!r}: {str(exc).splitlines()[0]}") from exc
+    types = dict(zip(described["column_name"], described["column_type"]))
+    reader = src.split("(", 1)[0]
+    listed = [r[0] for f in files for r in con.execute(f"SELECT file FROM glob({string_literal(f)})").fetchall()]
+    first: dict[str, tuple[str, str]] = {}
+    for path in listed if len(listed) > 1 else []:
+        one = con.execute(f"DESCRIBE SELECT * FROM {reader}({string_literal(path)})").df()
+        for name, kind in zip(one["column_name"], one["column_type"]):
+            seen = first.setdefault(name, (kind, path))
+            if seen[0] != kind:
+                raise DataError(
+                    f"Column {name!r} has type {seen[0]} in {seen[1]!r} but {kind} in {path!r}; "
+                    "make the files agree (or cast the column) before fitting."
+                )
+    return types
+
+
+def _complete_rows_sql(used: list[str], types: dict[str, str]) -> str:
+    """The rows without a missing value: not NULL, and not NaN in floating-point columns (as in memory)."""
+    conditions = [f"{quote(v)} IS NOT NULL" for v in used]
+    conditions += [f"NOT isnan({quote(v)})" for v in used if is_float_type(types[v])]
+    return " AND ".join(conditions)
+
+
+def _check_values(con, src: str, complete: str, variables: list[str], types: dict[str, str], weights) -> None:
+    """The checks the in-memory design makes on raw values: no infinity, positive finite weights."""
+    floats = [v for v in variables if is_float_type(types[v])]
+    checks = [f"sum(CASE WHEN isinf({quote(v)}) THEN 1 ELSE 0 END)" for v in floats]
+    if weights:
+        checks.append(f"min({quote(weights)})")
+        if is_float_type(types[weights]):
+            checks.append(f"sum(CASE WHEN isinf({quote(weights)}) THEN 1 ELSE 0 END)")
+    if not checks:
+        return
+    row = con.execute(f"SELECT {', '.join(checks)} FROM {src} WHERE {complete}").fetchone()
+    for v, bad in zip(floats, row):
+        if bad:
+            raise DataError(f"Column {v!r} has infinite values ({int(bad)} rows); remove or recode them.")
+    if weights:
+        lowest = row[len(floats)]
+        infinite = row[len(floats) + 1] if is_float_type(types[weights]) else 0
+        if lowest is not None and (lowest <= 0 or infinite):
+            raise DataError(f"weights column {weights!r} must be positive and finite for every row used.")
+
+
+def _python_value(expr: str):
+    """A vectorised function of the expression's variables: numpy's evaluation, as formulaic's."""
+    import pyarrow as pa  # with duckdb (the "duckdb" extra)
+
+    names = sorted(expression_variables(expr))
+    tree, quoted = _parse_expression(expr)
+    code = compile(ast.Expression(tree), "<formula>", "eval")
+    namespace = {**formula_context(), "I": lambda v: v}
+
+    def value(*columns):
+        local = dict(namespace)
+        for name, column in zip(names, columns):
+            local[next((k for k, v in quoted.items() if v == name), name)] = column.to_numpy(zero_copy_only=False)
+        with np.errstate(all="ignore"):
+            result = np.asarray(eval(code, {"__builtins__": {}}, local), dtype=float)  # checked expression
+        return pa.array(np.broadcast_to(result, (len(columns[0]),)) if columns else result)
+
+    return names, value
+
+
+def _verification_aggregates(con, plan: ColumnPlan, columns: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Aggregates that compare each Python-evaluated factor with its SQL over all rows (same scan).
+
+    For each such factor: the count of finite values, the sum and the sum of squares, computed
+    by numpy (a DuckDB function over Arrow batches) and by the SQL translation.
+    """
+    exprs = []
+    for spec in [plan.fixed_spec] + [spec for *_, spec in plan.terms]:
+        exprs += [e for e in python_factors(spec) if e not in exprs]
+    aggregates = []
+    for k, expr in enumerate(exprs):
+        names, value = _python_value(expr)
+        function = f"mixedfx_check_{k}"
+        try:
+            con.remove_function(function)
+        except Exception:  # noqa: BLE001 - not registered yet
+            pass
+        con.create_function(function, value, ["DOUBLE"] * len(names), "DOUBLE", type="arrow")
+        python = f"{function}({', '.join(f'CAST({quote(n)} AS DOUBLE)' for n in names)})"
+        for version in (python, numeric_sql(expr, columns)):
+            aggregates += [
+                f"sum(CASE WHEN isfinite({version}) THEN 1 ELSE 0 END)",
+                f"sum(CASE WHEN isfinite({version}) THEN {version} ELSE 0 END)",
+                f"sum(CASE WHEN isfinite({version}) THEN {version} * {version} ELSE 0 END)",
+            ]
+    return exprs, aggregates
+
+
+def _check_verification(exprs: list[str], values: list, nobs: int) -> None:
+    """Refuse when numpy and SQL disagree on any row (count, sum or sum of squares), or a value is not finite."""
+    for k, expr in enumerate(exprs):
+        python, sql = values[6 * k : 6 * k + 3], values[6 * k + 3 : 6 * k + 6]
+        if python[0] != nobs:
+            raise DataError(
+                f"The model column {expr!r} is not finite on {nobs - int(python[0])} row(s): the transformation "
+                "is undefined there (log of zero or a negative number, division by zero, ...)."
+            )
+        for a, b in zip(python, sql):
+            if not np.isclose(a, b, rtol=1e-9, atol=1e-12 * max(1.0, abs(a))):
+                raise FormulaError(
+                    f"The duckdb engine's SQL for {expr!r} differs from its evaluation in memory on some rows; "
+                    "use engine='memory'."
+                )
 
 
 def reduce_duckdb(formula: str, source, weights: str | None = None, connection=None) -> ReducedData:
     """Reduce Parquet/CSV files (a path, glob, directory or list) in SQL with DuckDB.
 
     The rows never enter Python: DuckDB computes the level lists, the column moments and
-    the per-cluster cross-products; only one row per cluster comes back.
+    the per-cluster cross-products; only one row per cluster comes back.  The checks are the
+    in-memory design's: every expression allowed, missing values (NULL, NaN, ``NA``, ``.``)
+    dropped and counted, no infinite values, positive weights, files of one schema, the
+    grouping factors estimable; transformations are evaluated in SQL and compared with
+    numpy's evaluation on every row.
     """
     import duckdb
 
-    con = connection or duckdb.connect()
-    src = source_sql(source)
     parsed = parse_formula(formula)
     check_reducible(parsed)
-    try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {src}").df()
-    except duckdb.Error as exc:
-        raise DataError(f"DuckDB cannot read {source!r}: {str(exc).splitlines()[0]}") from exc
-    columns = described["column_name"].tolist()
-    types = dict(zip(described["column_name"], described["column_type"]))
+    con = connection or duckdb.connect()
+    src, files = source_sql(source)
+    types = _read_schema(con, src, files, source)
+    columns = list(types)
     variables = model_variables(parsed, columns)
-    used = variables + ([weights] if weights else [])
     if weights and weights not in columns:
         raise DataError(f"Unknown weights column {weights!r}.{suggest(weights, columns)}")
-    complete = " AND ".join(f"{quote(v)} IS NOT NULL" for v in used)
+    used = variables + ([weights] if weights else [])
+    complete = _complete_rows_sql(used, types)
+    _check_values(con, src, complete, variables, types, weights)
     categorical = [v for v in variables if not (is_numeric_type(types[v]) or "BOOLEAN" in types[v])]
     levels = {}
     for v in categorical:  # one pass per categorical variable: its levels
@@ -56,10 +190,12 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     if prototype.empty:
         raise DataError("No complete rows in the data.")
     plan = plan_columns(parsed, prototype, levels)
-    fixed_sql = [column_sql(n, columns) for n in formulaic_names(plan.fixed_spec)]
-    z_sql = [column_sql(n, columns) for *_, spec in plan.terms for n in formulaic_names(spec)]
-    y_sql = numeric_sql(plan.response, columns)
+    refuse_stateful(plan)
+    fixed_sql = spec_columns_sql(plan.fixed_spec, types)
+    z_sql = [e for *_, spec in plan.terms for e in spec_columns_sql(spec, types)]
+    y_sql = numeric_sql(plan.response, types)
     _verify_sql(con, plan, prototype, fixed_sql, z_sql, y_sql)
+    verified, verification = _verification_aggregates(con, plan, types)
     w_sql = f"CAST({quote(weights)} AS DOUBLE)" if weights else lit(1.0)
     key_exprs = {}
     for _, factor, *_ in plan.terms:
@@ -67,20 +203,23 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
         if len(factor) == 1 and is_numeric_type(types[factor[0]]):
             key_exprs[name] = quote(factor[0])  # numbers come back as numbers, not 10^7 strings
         else:
-            key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({quote(f)} AS VARCHAR)" for f in factor) + ")"
+            key_exprs[name] = factor_key_sql(factor, types)
     p = len(fixed_sql)
-    # One pass for the count, the moments of every model column and the global cross-products
+    # One pass for the count, the moments of every model column, the global cross-products
     # (of columns centred on the means of a sample, so that calendar-year-like offsets cannot
-    # cancel digits: see _global_products), one for the numbers of clusters.
+    # cancel digits: see _global_products) and the row-by-row check of the transformations;
+    # one for the numbers of clusters.
     shifts = _pilot_shifts(con, src, complete, fixed_sql + [y_sql])
     centred = [e if c == 0.0 else f"(({e}) - {lit(c)})" for e, c in zip(fixed_sql + [y_sql], shifts)]
     every = fixed_sql + [y_sql] + z_sql
     k = len(every)
     aggregates = ["count(*)"] + [f"avg({e})" for e in every] + [f"stddev_pop({e})" for e in every]
     aggregates += [f"sum({w_sql} * {centred[i]} * {centred[j]})" for i in range(p + 1) for j in range(i, p + 1)]
-    aggregates += [f"sum(ln({w_sql}))"]
+    aggregates += [f"sum(ln({w_sql}))"] + verification
     row = con.execute(f"SELECT {', '.join(aggregates)} FROM {src} WHERE {complete}").fetchone()
     nobs = int(row[0])
+    _check_verification(verified, list(row[len(row) - len(verification) :]), nobs)
+    row = row[: len(row) - len(verification)]
     mean, sd = np.array(row[1 : 1 + k], dtype=float), np.nan_to_num(np.array(row[1 + k : 1 + 2 * k], dtype=float))
     cross = np.zeros((p + 1, p + 1))
     cross[np.triu_indices(p + 1)] = row[1 + 2 * k : 1 + 2 * k + (p + 1) * (p + 2) // 2]
@@ -106,9 +245,9 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     Q = len(z_sql)
     order = sorted(key_exprs, key=lambda n: -distinct[n])
     inner = order[0]
+    factors = {":".join(factor): factor for _, factor, *_ in plan.terms}
     for name in order[1:]:  # outer keys come back as text (few levels)
-        factor = name.split(":")
-        key_exprs[name] = "concat_ws(':', " + ", ".join(f"CAST({quote(f)} AS VARCHAR)" for f in factor) + ")"
+        key_exprs[name] = factor_key_sql(factors[name], types)
     parts = [f"{key_exprs[inner]} AS k0"]
     parts += [f"min({key_exprs[n]}) AS k{i}" for i, n in enumerate(order[1:], start=1)]
     parts += [f"count(DISTINCT {key_exprs[n]}) AS d{i}" for i, n in enumerate(order[1:], start=1)]
