@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-from ..data.columns import lme4_name
+from ..data.columns import check_columns, check_new_levels, lme4_name, required_variables
 from ..data.design import ReBlock
 from ..data.levels import factor_labels
 from ..data.transforms import formula_context
@@ -40,6 +40,7 @@ def _level_kind(level: object) -> str:
 
 def _fixed_matrix(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
     """Fixed-effects design of new data, in the fitted model's columns."""
+    check_new_levels(result.design.fixed_spec, data)
     try:
         mm = result.design.fixed_spec.get_model_matrix(data, na_action="raise", context=formula_context())
     except Exception as exc:  # formulaic raises several types for bad new data
@@ -68,7 +69,19 @@ def _new_codes(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
             raise DataError(f"New data have no column {name!r} (grouping factor {block.name!r}).")
     labels = pd.Series(factor_labels(data, block.factor), index=data.index)
     lookup = {level: i for i, level in enumerate(block.levels)}
-    return labels.map(lookup).fillna(-1).astype(int).to_numpy()
+    codes = labels.map(lookup).fillna(-1).astype(int)
+    missing = data[list(block.factor)].isna().any(axis=1)  # a missing cluster is no cluster
+    return codes.where(~missing, -1).to_numpy()
+
+
+def _complete_new_rows(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
+    """Rows of new data with every covariate the prediction needs (grouping factors may be missing)."""
+    design = result.design
+    needed = set(required_variables(design.formula.fixed_formula, "the fixed part")) - {design.formula.response}
+    for term in design.formula.random:
+        needed |= required_variables(term.expr, f"random term ({term.expr} | {term.group_name})")
+    check_columns(needed, data, "the new data")
+    return data[sorted(needed)].notna().all(axis=1).to_numpy() if needed else np.ones(len(data), dtype=bool)
 
 
 def predict(
@@ -97,6 +110,15 @@ def predict(
         codes = [b.codes for b in design.blocks]
         index = design.row_index
     else:
+        complete = _complete_new_rows(result, data)
+        if not complete.all():
+            warnings.warn(
+                f"{int((~complete).sum())} new row(s) have missing covariates; their predictions are NaN.",
+                UserWarning,
+                stacklevel=3,
+            )
+            out = predict(result, data[complete], level, interval, conf_level, strict)
+            return out.reindex(data.index)
         X = _fixed_matrix(result, data)
         Zs = [_random_matrix(b, data) for b in design.blocks]
         codes = [_new_codes(b, data) for b in design.blocks]
@@ -112,10 +134,10 @@ def predict(
         G = result.G[block.name].to_numpy()
         unseen = code < 0
         if unseen.any() and kind == "subject":
-            missing = sorted(set(pd.Series(data[list(block.factor)].astype(str).agg(":".join, axis=1))[unseen]))
+            missing = sorted(set(factor_labels(data, block.factor)[unseen]))
             message = (
-                f"{int(unseen.sum())} new row(s) belong to {len(missing)} level(s) of {block.name!r} not in the fit "
-                f"(e.g. {missing[0]!r}); they get population-level predictions."
+                f"{int(unseen.sum())} new row(s) have a missing level or one of {len(missing)} level(s) of "
+                f"{block.name!r} not in the fit (e.g. {str(missing[0])!r}); they get population-level predictions."
             )
             if strict:
                 raise DataError(message)

@@ -199,3 +199,38 @@ def term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list
     if Z.shape[1] == 0:
         raise FormulaError(f"Random term ({term.expr} | {term.group_name}) has no columns.")
     return Z, [lme4_name(str(c)) for c in mm.columns], mm.model_spec
+
+
+def categorical_column(expr: str, columns) -> str | None:
+    """The data column behind a categorical factor: ``f``, ``C(f, ...)`` or ``factor(f)`` (else None)."""
+    if expr in columns:
+        return expr
+    match = re.fullmatch(r"\s*(?:C|factor)\(\s*(`[^`]*`|[A-Za-z_.][A-Za-z0-9_.]*)\s*(?:,.*)?\)\s*", expr, re.S)
+    if match is None:
+        return None
+    name = match.group(1).strip("`")
+    return name if name in columns else None
+
+
+def check_new_levels(spec, data: pd.DataFrame) -> None:
+    """Refuse new data whose categorical variables have levels the fit never saw.
+
+    formulaic would code such a level as missing (and the prediction would silently be the
+    reference level's); a prediction for it is not defined.
+    """
+    states = getattr(spec, "encoder_state", {}) or {}
+    for expr, (kind, state) in states.items():
+        if getattr(kind, "value", kind) != "categorical":
+            continue
+        column = categorical_column(str(expr), data.columns)
+        if column is None:
+            continue
+        known = list(state.get("categories", []))
+        values = data[column].dropna()
+        unseen = values[~values.isin(known)]
+        if len(unseen):
+            shown = ", ".join(repr(v) for v in pd.unique(unseen)[:3])
+            raise DataError(
+                f"New data: {column!r} has level(s) {shown} (first at row {unseen.index[0]!r}) that the fit never "
+                f"saw; it knows {', '.join(repr(v) for v in known[:10])}{', ...' if len(known) > 10 else ''}."
+            )

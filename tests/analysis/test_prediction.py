@@ -181,3 +181,25 @@ def test_growth_curves_by_gender_and_individuals(growth):
     shift = growth.ranef()["id"].loc["2", "(Intercept)"]
     girls = pop[pop["girl"] == 1.0]["prediction"].to_numpy()
     np.testing.assert_allclose(child["prediction"].to_numpy(), girls + shift, rtol=1e-10)  # child 2 is a girl
+
+
+def test_unseen_category_levels_are_refused(exam):
+    fit = mixedfx.fit("gcse ~ lrt + sex + (1 | school)", exam)
+    new = exam.head(3).assign(sex=["F", "M", "X"])
+    with pytest.raises(DataError, match="'sex' has level\\(s\\) 'X' \\(first at row 2\\) that the fit never saw"):
+        fit.predict(new)
+
+
+def test_missing_groups_and_covariates_in_new_data(exam):
+    fit = mixedfx.fit("gcse ~ lrt + (1 | school)", exam)
+    new = exam.head(3).copy()
+    new["school"] = new["school"].astype(object)
+    new.loc[new.index[0], "school"] = np.nan
+    with pytest.warns(UserWarning, match="population-level predictions"):
+        out = fit.predict(new)
+    population = fit.predict(new, level="population")
+    assert out["prediction"].iloc[0] == pytest.approx(population["prediction"].iloc[0])
+    new.loc[new.index[1], "lrt"] = np.nan
+    with pytest.warns(UserWarning, match="missing covariates; their predictions are NaN"):
+        out = fit.predict(new, level="population")
+    assert np.isnan(out["prediction"].iloc[1]) and np.isfinite(out["prediction"].iloc[[0, 2]]).all()
