@@ -55,7 +55,7 @@ class MixedResults:
     record: the underlying :class:`~mixedfx.results.FitRecord`.
     """
 
-    def __init__(self, record: FitRecord, display_scale: str = "var", display_level: float = 0.95):
+    def __init__(self, record: FitRecord, display_scale: str = "var", display_level: float = 95):
         self.record = record
         #: "var" (variances) or "sd" (SDs and correlations) for printed random-effects tables.
         self.display_scale = display_scale
@@ -191,7 +191,7 @@ class MixedResults:
         """Wald confidence intervals of the fixed effects, columns ``lower``/``upper`` (statsmodels' form)."""
         if not 0 < alpha < 1:
             raise OptionError(f"alpha must be between 0 and 1, not {alpha}.")
-        return self.coef_table(level=1 - alpha)[["lower", "upper"]]
+        return self.coef_table(level=100 * (1 - alpha))[["lower", "upper"]]
 
     # ------------------------------------------------------------------ random effects and predictions
     def ranef(self, condvar: bool = False) -> dict[str, pd.DataFrame]:
@@ -231,20 +231,20 @@ class MixedResults:
         """Per cluster: OLS and EB estimates, size and shrinkage factor."""
         return ranking.shrinkage(self.record, group, min_size)
 
-    def rank(self, term: str = "(Intercept)", group: str | None = None, level: float = 0.95, **options) -> pd.DataFrame:
+    def rank(self, term: str = "(Intercept)", group: str | None = None, level: float = 95, **options) -> pd.DataFrame:
         """Clusters ranked by their EB estimate with intervals and above/below-average flags."""
         return ranking.rank(self.record, term, group, level, **options)
 
     # ------------------------------------------------------------------ inference
-    def coef_table(self, level: float = 0.95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
+    def coef_table(self, level: float = 95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
         """Fixed effects with SE, z (or t with ``dfmethod``), p and CI; ``vce="robust"`` for sandwich SEs."""
         return wald.coef_table(self.record, level, dfmethod, vce)
 
-    def re_table(self, level: float = 0.95, scale: str | None = None) -> pd.DataFrame:
+    def re_table(self, level: float = 95, scale: str | None = None) -> pd.DataFrame:
         """Random-effects parameters with SEs and CIs (``scale="var"`` or ``"sd"``)."""
         return varcomp.varcomp_table(self.record, level, scale or self.display_scale)
 
-    def icc(self, level: float = 0.95) -> pd.DataFrame:
+    def icc(self, level: float = 95) -> pd.DataFrame:
         """Intraclass correlations with CIs (Stata ``estat icc``)."""
         return varcomp.icc(self.record, level)
 
@@ -264,7 +264,7 @@ class MixedResults:
         """LR test of the random effects against linear regression (chibar2 for one component)."""
         return lrtests.lr_test_vs_linear(self.record)
 
-    def lincom(self, expr: str, level: float = 0.95) -> pd.Series:
+    def lincom(self, expr: str, level: float = 95) -> pd.Series:
         """Linear combination of fixed effects, e.g. ``"age_c + age_c_girl"`` (Stata ``lincom``)."""
         return wald.lincom(self.record, expr, level)
 
@@ -277,7 +277,7 @@ class MixedResults:
         return robust.robust_vcov(self.record, group)
 
     def confint(
-        self, method: str = "wald", level: float = 0.95, n_boot: int = 500, seed: int | None = 0, progress: bool = True
+        self, method: str = "wald", level: float = 95, n_boot: int = 500, seed: int | None = 0, progress: bool = True
     ) -> pd.DataFrame:
         """Confidence intervals for fixed effects, SDs, correlations and sigma.
 

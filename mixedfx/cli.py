@@ -17,6 +17,7 @@ from . import __version__, datasets
 from .api import fit
 from .data.io import check_output_path, read_data
 from .errors import DataError, MixedFXError, suggest
+from .spec.options import confidence_level
 
 
 def _load(source: str):
@@ -86,8 +87,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    if not 0 < args.level < 100:
-        raise MixedFXError(f"--level must be between 0 and 100, not {args.level}.")
+    confidence_level(args.level)  # percent, as in Stata: refused before the fit
     data = args.data if args.engine == "duckdb" else _load(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -105,7 +105,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(ranef=args.ranef, dfmethod=args.dfmethod), indent=2))
     else:
-        print(result.summary(level=args.level / 100, scale="sd" if args.stddev else "var", dfmethod=args.dfmethod))
+        print(result.summary(level=args.level, scale="sd" if args.stddev else "var", dfmethod=args.dfmethod))
     return 0
 
 

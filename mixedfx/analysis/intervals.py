@@ -25,6 +25,7 @@ from scipy import stats as st
 from ..errors import OptionError
 from ..fitting.pipeline import refit
 from ..results import FitRecord
+from ..spec.options import confidence_level, two_sided_quantile
 from .varcomp import VarianceParameterisation, phi_covariance, varcomp_table
 
 
@@ -33,7 +34,7 @@ def _profile_variance(result: FitRecord, level: float) -> list[dict]:
     param, cov = phi_covariance(result)
     phi_hat = param.phi_hat
     dev_min = result.minus_two_loglik
-    crit = st.chi2.ppf(level, 1)
+    crit = st.chi2.ppf(confidence_level(level), 1)
     labels = varcomp_table(result, level, scale="sd")["parameter"].tolist()
     order = _phi_order(param)
     rows = []
@@ -97,8 +98,8 @@ def _bound(excess, start: float, step: float, limit: float) -> float:
 
 def _profile_fixed(result: FitRecord, level: float) -> list[dict]:
     """Profile intervals of the fixed effects (ML) or Wald intervals (REML)."""
-    crit = st.chi2.ppf(level, 1)
-    z = st.norm.ppf(0.5 + level / 2)
+    crit = st.chi2.ppf(confidence_level(level), 1)
+    z = two_sided_quantile(level)
     rows = []
     for j, name in enumerate(result.fixef.index):
         est, se = result.fixef.iloc[j], result.se.iloc[j]
@@ -123,7 +124,7 @@ def _profile_fixed(result: FitRecord, level: float) -> list[dict]:
     return rows
 
 
-def profile_intervals(result: FitRecord, level: float = 0.95) -> pd.DataFrame:
+def profile_intervals(result: FitRecord, level: float = 95) -> pd.DataFrame:
     """Profile-likelihood CIs for fixed effects (ML; Wald for REML), SDs, correlations and sigma."""
     _refuse_rside(result, "Profile intervals")
     with warnings.catch_warnings():
@@ -146,7 +147,7 @@ def simulate_response(result: FitRecord, rng: np.random.Generator) -> np.ndarray
 
 
 def bootstrap(
-    result: FitRecord, n_boot: int = 500, seed: int | None = 0, level: float = 0.95, progress: bool = True
+    result: FitRecord, n_boot: int = 500, seed: int | None = 0, level: float = 95, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parametric bootstrap: (percentile intervals, the replicate estimates).
 
@@ -170,7 +171,7 @@ def bootstrap(
     if progress:
         print(file=sys.stderr)
     reps = pd.DataFrame(draws, columns=names)
-    alpha = (1 - level) / 2
+    alpha = (1 - confidence_level(level)) / 2
     estimate = np.concatenate([result.fixef.to_numpy(), _sd_estimates(result)])
     table = pd.DataFrame(
         {"estimate": estimate, "lower": reps.quantile(alpha).to_numpy(), "upper": reps.quantile(1 - alpha).to_numpy()},

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
 
 from ..data.columns import check_columns, check_new_levels, lme4_name, required_variables
 from ..data.design import ReBlock
@@ -23,6 +22,7 @@ from ..data.levels import factor_labels
 from ..data.transforms import formula_context
 from ..errors import DataError, OptionError
 from ..results import FitRecord
+from ..spec.options import two_sided_quantile
 from .ranef import conditional_effects
 
 POPULATION = ("population", "xb", "fixed", 0)
@@ -89,7 +89,7 @@ def predict(
     data: pd.DataFrame | None = None,
     level: str = "subject",
     interval: str | None = None,
-    conf_level: float = 0.95,
+    conf_level: float = 95,
     strict: bool = False,
 ) -> pd.DataFrame:
     """Predictions for the estimation data (``data=None``) or new data.
@@ -152,7 +152,7 @@ def predict(
             extra_var += np.einsum("ia,ab,ib->i", Z, G, Z)
     out = pd.DataFrame({"prediction": prediction, "se_fixed": se_fixed}, index=index)
     if interval:
-        z = st.norm.ppf(0.5 + conf_level / 2)
+        z = two_sided_quantile(conf_level)
         var = se_fixed**2
         if kind == "subject" or interval == "prediction":
             var = var + extra_var
@@ -191,7 +191,7 @@ def predict_grid(
     by: dict[str, Iterable[object]] | None = None,
     groups: Iterable[object] | None = None,
     derive: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-    conf_level: float = 0.95,
+    conf_level: float = 95,
 ) -> pd.DataFrame:
     """Predicted curves over a grid, as a tidy DataFrame ready to plot.
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
 
 from ..data.design import ReBlock
 from ..errors import OptionError
 from ..results import FitRecord
+from ..spec.options import two_sided_quantile
 from .explore import ols_row
 from .ranef import coef_by_group, ranef_table
 
@@ -64,7 +64,7 @@ def _block(result: FitRecord, group: str | None) -> ReBlock:
 
 
 def rank(
-    result: FitRecord, term: str = "(Intercept)", group: str | None = None, level: float = 0.95, se: str = "comparative"
+    result: FitRecord, term: str = "(Intercept)", group: str | None = None, level: float = 95, se: str = "comparative"
 ) -> pd.DataFrame:
     """Clusters ranked by their EB estimate of ``term``, with intervals and flags.
 
@@ -81,7 +81,7 @@ def rank(
     table = ranef_table(result)
     part = table[(table["group"] == block.name) & (table["term"] == term)].copy()
     sd = part["se_comparative"] if se == "comparative" else part["se"]
-    z = st.norm.ppf(0.5 + level / 2)
+    z = two_sided_quantile(level)
     part["lower"] = part["estimate"] - z * sd
     part["upper"] = part["estimate"] + z * sd
     part["flag"] = np.where(part["lower"] > 0, "above", np.where(part["upper"] < 0, "below", ""))

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats as st
 
 from ..data.design import nested_within
 from ..engine.covariance import CovStructure
 from ..engine.numdiff import central_hessian
 from ..errors import OptionError
 from ..results import FitRecord
+from ..spec.options import two_sided_quantile
 from ..spec.residuals import TITLES
 
 #: Step (on the log-SD / atanh scale) of the central differences for the Hessian.
@@ -188,7 +188,7 @@ def _label(name: str) -> str:
     return "_cons" if name == "(Intercept)" else name
 
 
-def varcomp_table(result: FitRecord, level: float = 0.95, scale: str = "var") -> pd.DataFrame:
+def varcomp_table(result: FitRecord, level: float = 95, scale: str = "var") -> pd.DataFrame:
     """Random-effects parameters with SEs and CIs, as Stata's ``mixed`` prints them.
 
     ``scale="var"`` reports variances and covariances, ``scale="sd"`` (Stata's ``stddev``)
@@ -197,7 +197,7 @@ def varcomp_table(result: FitRecord, level: float = 0.95, scale: str = "var") ->
     if scale not in ("var", "sd"):
         raise OptionError(f"scale must be 'var' or 'sd', not {scale!r}.")
     param, cov = phi_covariance(result)
-    z = st.norm.ppf(0.5 + level / 2)
+    z = two_sided_quantile(level)
     phi = param.phi_hat
     se_phi = np.sqrt(np.diag(cov))
     rows = []
@@ -351,7 +351,7 @@ def _rside_rows(rside, r_cov: np.ndarray, z: float, title: str) -> list[dict]:
     return rows
 
 
-def icc(result: FitRecord, level: float = 0.95) -> pd.DataFrame:
+def icc(result: FitRecord, level: float = 95) -> pd.DataFrame:
     """Intraclass correlations with delta-method CIs on the logit scale (Stata ``estat icc``).
 
     For each grouping factor k: the correlation of two observations that share k's level
@@ -372,7 +372,7 @@ def icc(result: FitRecord, level: float = 0.95) -> pd.DataFrame:
             )
     param, cov = phi_covariance(result)
     phi = param.phi_hat
-    z = st.norm.ppf(0.5 + level / 2)
+    z = two_sided_quantile(level)
 
     def shares(phi_vec: np.ndarray) -> list[float]:
         variances = np.exp(2 * phi_vec)

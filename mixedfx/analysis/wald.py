@@ -8,6 +8,7 @@ from scipy import stats as st
 
 from ..errors import OptionError, suggest
 from ..results import FitRecord
+from ..spec.options import confidence_level, two_sided_quantile
 from .ddf import coefficient_df
 from .robust import robust_vcov
 
@@ -23,7 +24,7 @@ def wald_chi2(result) -> tuple[float, int, float]:
     return chi2, len(names), float(st.chi2.sf(chi2, len(names)))
 
 
-def coef_table(result: FitRecord, level: float = 0.95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
+def coef_table(result: FitRecord, level: float = 95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
     """Fixed effects with SE, test statistic, p-value and confidence interval.
 
     Without ``dfmethod``: z tests and normal intervals (Stata).  With ``dfmethod`` =
@@ -45,7 +46,7 @@ def coef_table(result: FitRecord, level: float = 0.95, dfmethod: str | None = No
     df, vcov = coefficient_df(result, dfmethod)
     se = pd.Series(np.sqrt(np.diag(vcov.to_numpy())), index=est.index)
     stat = est / se
-    q = st.t.ppf(0.5 + level / 2, df)
+    q = st.t.ppf(0.5 + confidence_level(level) / 2, df)
     return pd.DataFrame(
         {
             "estimate": est,
@@ -111,7 +112,7 @@ def parse_linear(expr: str, names: list[str], allow_constant: bool = False) -> t
     return weights, constant
 
 
-def lincom(result, expr: str, level: float = 0.95, vcov: np.ndarray | None = None) -> pd.Series:
+def lincom(result: FitRecord, expr: str, level: float = 95, vcov: np.ndarray | None = None) -> pd.Series:
     """A linear combination of fixed effects with SE, z, p and CI (Stata ``lincom``)."""
     names = list(result.fixef.index)
     L, c = parse_linear(expr, names)
@@ -123,7 +124,7 @@ def lincom(result, expr: str, level: float = 0.95, vcov: np.ndarray | None = Non
 
 def _z_columns(est, se, level: float) -> dict:
     """Estimate, SE, z, two-sided p and normal CI (scalars or aligned Series)."""
-    q = st.norm.ppf(0.5 + level / 2)
+    q = two_sided_quantile(level)
     z = est / se
     return {
         "estimate": est,

@@ -10,7 +10,7 @@ from ..analysis.wald import coef_table
 from ..results import FitRecord
 
 
-def html_summary(result: FitRecord, level: float = 0.95, scale: str = "var") -> str:
+def html_summary(result: FitRecord, level: float = 95, scale: str = "var") -> str:
     """HTML tables for notebooks; every data-derived string is escaped."""
     like = "Log restricted-likelihood" if result.reml else "Log-likelihood"
     header = {

@@ -185,7 +185,7 @@ def predicted_curves(
 
 
 def caterpillar(
-    fit, term: str = "(Intercept)", group: str | None = None, level: float = 0.95, highlight: int = 5
+    fit, term: str = "(Intercept)", group: str | None = None, level: float = 95, highlight: int = 5
 ) -> Figure:
     """Ranked EB estimates with intervals; the top and bottom ``highlight`` clusters are marked."""
     record = as_record(fit)
@@ -210,7 +210,7 @@ def caterpillar(
     ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
     ax.set_yticks(pos)
     ax.set_yticklabels(ranks.index, fontsize=6)
-    ax.set_xlabel(f"EB estimate of {term} ({level:.0%} interval)")
+    ax.set_xlabel(f"EB estimate of {term} ({level:g}% interval)")
     ax.set_ylabel(group or record.design.blocks[0].name)
     ax.set_title(f"Ranking of clusters by {term}")
     ax.legend(loc="lower right", fontsize=8)

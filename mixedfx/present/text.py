@@ -13,6 +13,7 @@ from ..analysis.lrtest import lr_test_vs_linear
 from ..analysis.varcomp import varcomp_table
 from ..analysis.wald import coef_table, wald_chi2
 from ..results import FitRecord
+from ..spec.options import confidence_level
 
 
 def _num(x: float, width: int = 10) -> str:
@@ -100,7 +101,7 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
     table = coef_table(result, level, dfmethod=dfmethod, vce=vce)
     order = [n for n in table.index if n != "(Intercept)"] + [n for n in table.index if n == "(Intercept)"]
     width = max([12, len(result.design.response_name)] + [len(_display_name(n)) for n in order])
-    pct = f"{level * 100:g}%"
+    pct = f"{confidence_level(level) * 100:g}%"
     stat = "t" if dfmethod else "z"
     df_head = "        df" if dfmethod else ""
     se_head = "Robust SE" if vce == "robust" else "Std. Err."
@@ -128,7 +129,7 @@ def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
     """Random-effects parameters with SEs and CIs, grouped by level and structure."""
     table = varcomp_table(result, level, scale)
     width = max([27] + [len(p) + 4 for p in table["parameter"]])
-    pct = f"{level * 100:g}%"
+    pct = f"{confidence_level(level) * 100:g}%"
     rule = "-" * (width + 1) + "+" + "-" * 50
     lines = [
         "-" * len(rule),
@@ -152,7 +153,7 @@ def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
 
 
 def summary_text(
-    result: FitRecord, level: float = 0.95, scale: str = "var", dfmethod: str | None = None, vce: str = "model"
+    result: FitRecord, level: float = 95, scale: str = "var", dfmethod: str | None = None, vce: str = "model"
 ) -> str:
     """The full Stata-style summary.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scipy.stats import norm
+
 from ..errors import OptionError
 
 ENGINES = ("auto", "memory", "duckdb", "dask")
@@ -29,3 +31,30 @@ def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise OptionError(f"Unknown engine {engine!r}: use 'memory', 'duckdb' or 'dask'.")
     return engine
+
+
+#: Confidence levels are percentages, as in Stata (``level(95)``): the range Stata accepts.
+LEVEL_RANGE = (10.0, 99.99)
+
+
+def confidence_level(level: float) -> float:
+    """The coverage (a fraction) of a confidence level given in percent; :class:`OptionError` otherwise.
+
+    One unit everywhere (Python API, CLI, Stata syntax): ``level=95`` is a 95% interval.  A
+    fraction such as 0.95 is refused rather than read as 0.95% (or silently as 95%).
+    """
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise OptionError(f"level must be a percentage such as 95, not {level!r}.") from None
+    if 0 < value < 1:
+        raise OptionError(f"level is a percentage, as in Stata: write level={value * 100:g} for {value:.0%} intervals.")
+    low, high = LEVEL_RANGE
+    if not low <= value <= high:
+        raise OptionError(f"level must be between {low:g} and {high:g} (percent), not {level!r}.")
+    return value / 100.0
+
+
+def two_sided_quantile(level: float) -> float:
+    """The standard normal quantile of a two-sided interval at ``level`` percent (1.96 for 95)."""
+    return float(norm.ppf(0.5 + confidence_level(level) / 2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from ..errors import FormulaError, OptionError, suggest
+from .options import confidence_level
 from .structures import canonical_structure
 
 RE_OPTIONS = {"noconstant", "nocons", "covariance", "cov"}
@@ -123,7 +124,7 @@ def parse_mixed(command: str) -> dict:
         outer.append(level)
         random_terms.append(f"({expr} | {group})")
         covariance[group] = structure if len(variables) + constant > 1 else "identity"
-    method, scale, conf, residuals = "ml", "var", 0.95, None
+    method, scale, conf, residuals = "ml", "var", 95.0, None
     for name, value in global_opts:
         if name in ("mle", "ml"):
             method = "ml"
@@ -136,10 +137,8 @@ def parse_mixed(command: str) -> dict:
         elif name == "residuals":
             residuals = value
         elif name == "level":
-            try:
-                conf = float(value) / 100
-            except (TypeError, ValueError):
-                raise OptionError(f"level() needs a number such as level(90), not {value!r}.") from None
+            confidence_level(value)  # refused outside Stata's 10-99.99
+            conf = float(value)
         else:
             raise OptionError(f"Unknown option {name!r}.{suggest(name, sorted(GLOBAL_OPTIONS | RE_OPTIONS))}")
     if no_effects is not None and residuals is None:

@@ -151,7 +151,7 @@ def test_random_intercept_shrinkage_factor_is_exact():
 
 
 def test_rank_orders_and_flags(schools):
-    ranks = schools.rank(level=0.95)
+    ranks = schools.rank(level=95)
     assert list(ranks["rank"]) == list(range(1, 66))
     assert ranks["estimate"].is_monotonic_decreasing
     above = ranks[ranks["flag"] == "above"]

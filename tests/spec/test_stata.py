@@ -20,7 +20,7 @@ def test_defaults_and_factor_variables():
     spec = parse_mixed("y i.sex##c.x || school: x || class:, reml level(90)")
     assert spec["formula"] == "y ~ 1 + C(sex)*x + (1 + x | school) + (1 | class:school)"
     assert spec["covariance"] == {"school": "independent", "class:school": "identity"}
-    assert spec["method"] == "reml" and spec["level"] == pytest.approx(0.90)
+    assert spec["method"] == "reml" and spec["level"] == pytest.approx(90)
     assert parse_mixed("y x, noconstant || g: x, noconstant")["formula"] == "y ~ 0 + x + (0 + x | g)"
 
 
