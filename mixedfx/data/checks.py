@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from ..engine.stats import scaled_gram
 from ..errors import DataError, RankDeficiencyWarning
 
 #: Relative tolerance for detecting aliased fixed-effect columns (lme4 uses 1e-7).
@@ -83,19 +84,20 @@ def aliased_columns(gram: np.ndarray, tolerance: float = RANK_TOLERANCE) -> np.n
     return aliased
 
 
-def drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
+def drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str], np.ndarray, np.ndarray]:
     """Drop columns of X that are (numerically) linear combinations of earlier columns (with a warning).
 
-    Returns the kept columns, their names, the dropped names and ``X'X`` of the kept columns.
+    Returns the kept columns, their names, the dropped names, and ``D^{-1} X'X D^{-1}`` of the
+    kept columns with their scales ``D`` (see :func:`mixedfx.engine.stats.scaled_gram`).
     """
     if X.shape[1] == 0:
-        return X, names, [], np.zeros((0, 0))
-    gram = X.T @ X
+        return X, names, [], np.zeros((0, 0)), np.ones(0)
+    gram, scales = scaled_gram(X)
     norms = np.sqrt(np.diag(gram))
     scale = np.where(norms > 0, norms, 1.0)
     aliased = aliased_columns(gram / np.outer(scale, scale)) | (norms == 0)
     if not aliased.any():
-        return X, names, [], gram  # no copy: X is the largest array of a fit
+        return X, names, [], gram, scales  # no copy: X is the largest array of a fit
     keep = ~aliased
     dropped = [n for n, k in zip(names, keep) if not k]
     if dropped:
@@ -105,7 +107,7 @@ def drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]
             RankDeficiencyWarning,
             stacklevel=3,
         )
-    return X[:, keep], [n for n, k in zip(names, keep) if k], dropped, gram[np.ix_(keep, keep)]
+    return X[:, keep], [n for n, k in zip(names, keep) if k], dropped, gram[np.ix_(keep, keep)], scales[keep]
 
 
 def check_grouping_factor(name: str, n_levels: int, q: int, effect_names: list[str], nobs: int) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..engine.covariance import BlockLayout, CovStructure
+from ..engine.stats import column_moments
 from ..errors import DataError, OptionError, suggest
 from ..spec.formula import ParsedFormula
 from ..spec.structures import canonical_structure
@@ -32,23 +33,6 @@ from .checks import (
 )
 from .columns import check_columns, fixed_matrices, required_variables, term_columns
 from .levels import group_codes
-
-
-def column_moments(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and (population) SDs of an n x q matrix, from ``Z'1`` and ``Z'Z`` (two BLAS passes).
-
-    The variance ``E[z^2] - mean^2`` is recomputed from centred values for a column whose
-    mean dwarfs its spread (where that difference would cancel).  A column of ones gets
-    exactly mean 1 and SD 0.
-    """
-    n = Z.shape[0]
-    mean = Z.sum(axis=0) / n if Z.flags.f_contiguous else (Z.T @ np.ones(n)) / n
-    second = np.einsum("ij,ij->j", Z, Z) / n
-    var = second - mean**2
-    for k in np.flatnonzero(var <= 1e-6 * second):
-        centred = Z[:, k] - mean[k]
-        var[k] = float(centred @ centred) / n
-    return mean, np.sqrt(np.maximum(var, 0.0))
 
 
 @dataclass
@@ -139,7 +123,8 @@ class Design:
     response_name: str = ""
     data: pd.DataFrame | None = None
     n_rows: int | None = None  # the number of observations when the rows are not kept (reduced data)
-    X_gram: np.ndarray | None = None  # X'X from the aliasing check, reused for the standardisation
+    X_gram: np.ndarray | None = None  # D^-1 X'X D^-1 from the aliasing check, reused for the standardisation
+    X_scales: np.ndarray | None = None  # D: the columns' largest magnitudes
 
     @property
     def nobs(self) -> int:
@@ -261,7 +246,7 @@ def build_design(
     check_finite(y, [parsed.response], frame.index)
     check_finite(X, names, frame.index)
     check_enough_rows(len(y), X.shape[1])
-    X, names, dropped, gram = drop_aliased(X, names)
+    X, names, dropped, gram, scales = drop_aliased(X, names)
     blocks = _build_blocks(parsed, frame, len(y), covariance)
     return Design(
         formula=parsed,
@@ -277,6 +262,7 @@ def build_design(
         response_name=parsed.response,
         data=data if complete else data.loc[mask],
         X_gram=gram,
+        X_scales=scales,
     )
 
 

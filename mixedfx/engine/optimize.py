@@ -458,6 +458,9 @@ def minimize_deviance(
     # Scoring's steps count against the iteration limit; L-BFGS-B continues from its best point.
     resume = counted.best_x if (scored and counted.best_x is not None) else start
     result = None if (converged or steps >= max_iterations) else run(resume, max_iterations - steps)
+    if counted.best_x is None:  # nowhere finite: nothing to restart from or to polish
+        message = "the deviance is not finite at any point tried"
+        return OptimumReport(start, np.inf, False, message, counted.count, np.full_like(start, np.nan))
     for _ in range(EDGE_RESTARTS):
         restart = _edge_restart_point(counted, counted.best_x, lower, mirrors)
         if restart is None:

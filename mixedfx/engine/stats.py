@@ -76,16 +76,69 @@ CHUNK_ROWS = 65_536
 def _shift_and_scale(values: np.ndarray, centre: bool) -> tuple[float, float]:
     """Shift (the mean, if ``centre``) and scale (the RMS after the shift; 1 for a zero column).
 
-    The squares are summed slice by slice of centred values, so that no n-sized temporary is made.
+    Sums are taken of the values divided by their largest magnitude, slice by slice (no
+    n-sized temporary), so that values near 1e300 do not overflow and values near 1e-300 do
+    not underflow when squared.
     """
     n = values.size
-    shift = float(values.mean()) if centre else 0.0
+    largest = max(abs(float(values.max())), abs(float(values.min()))) if n else 0.0
+    if not largest > 0 or not np.isfinite(largest):
+        return 0.0, 1.0
+    mean_unit = sum(float(values[s : s + CHUNK_ROWS].sum() / largest) for s in range(0, n, CHUNK_ROWS)) / n
+    shift_unit = mean_unit if centre else 0.0
     total = 0.0
     for start in range(0, n, CHUNK_ROWS):
-        centred = values[start : start + CHUNK_ROWS] - shift
+        centred = values[start : start + CHUNK_ROWS] / largest - shift_unit
         total += float(np.dot(centred, centred))
-    scale = float(np.sqrt(total / max(n, 1)))
-    return shift, (scale if scale > 0 and np.isfinite(scale) else 1.0)
+    scale = float(np.sqrt(total / n)) * largest
+    return shift_unit * largest, (scale if scale > 0 and np.isfinite(scale) else 1.0)
+
+
+def column_moments(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and (population) SDs of an n x q matrix, from ``Z'1`` and ``Z'Z`` (two BLAS passes).
+
+    The variance ``E[z^2] - mean^2`` is recomputed from centred values for a column whose
+    mean dwarfs its spread (where that difference would cancel), and column by column from
+    values divided by their largest magnitude for columns near 1e300 or 1e-300.  A column of
+    ones gets exactly mean 1 and SD 0.
+    """
+    n = Z.shape[0]
+    scales = column_scales(Z)
+    if not np.all((scales > 1e-100) & (scales < 1e100)):
+        pairs = [_shift_and_scale(Z[:, k], True) for k in range(Z.shape[1])]
+        return np.array([m for m, _ in pairs]), np.array([0.0 if s == 1.0 and m == 1.0 else s for m, s in pairs])
+    mean = Z.sum(axis=0) / n if Z.flags.f_contiguous else (Z.T @ np.ones(n)) / n
+    second = np.einsum("ij,ij->j", Z, Z) / n
+    var = second - mean**2
+    for k in np.flatnonzero(var <= 1e-6 * second):
+        centred = Z[:, k] - mean[k]
+        var[k] = float(centred @ centred) / n
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def column_scales(X: np.ndarray) -> np.ndarray:
+    """The largest magnitude of each column of ``X`` (1 for a zero column): two passes, no temporary."""
+    if X.shape[0] == 0:
+        return np.ones(X.shape[1])
+    scales = np.maximum(np.abs(X.max(axis=0)), np.abs(X.min(axis=0)))
+    return np.where((scales > 0) & np.isfinite(scales), scales, 1.0)
+
+
+def scaled_gram(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(D^{-1} X'X D^{-1}, D)`` with ``D`` the columns' largest magnitudes (:func:`column_scales`).
+
+    The product is formed directly when every scale is between 1e-100 and 1e100, and from
+    scaled slices of X otherwise, so that columns near 1e300 or 1e-300 neither overflow nor
+    underflow.
+    """
+    scales = column_scales(X)
+    if np.all((scales > 1e-100) & (scales < 1e100)):
+        return (X.T @ X) / np.outer(scales, scales), scales
+    gram = np.zeros((X.shape[1], X.shape[1]))
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        part = X[start : start + CHUNK_ROWS] / scales
+        gram += part.T @ part
+    return gram, scales
 
 
 #: A column's moments are taken from ``X'X`` unless its squared mean exceeds this many times
@@ -94,7 +147,7 @@ GRAM_MOMENT_LIMIT = 1e6
 
 
 def _moments_from_gram(gram: np.ndarray, j: int, intercept: int | None, value: float, n: int):
-    """``(shift, scale)`` of column j from ``X'X``, or None where the variance would cancel."""
+    """``(shift, scale)`` of column j from ``X'X`` (columns in any units); None where the variance would cancel."""
     if intercept is None:  # no centring: the RMS is sqrt(x'x / n), no cancellation
         scale = float(np.sqrt(gram[j, j] / n))
         return 0.0, scale
@@ -106,15 +159,16 @@ def _moments_from_gram(gram: np.ndarray, j: int, intercept: int | None, value: f
 
 
 def standardisation(
-    X: np.ndarray, y: np.ndarray, gram: np.ndarray | None = None
+    X: np.ndarray, y: np.ndarray, gram: np.ndarray | None = None, gram_scales: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, Scaling]:
     """Shifts and inverse scales of the columns of ``[X y]``, and the :class:`Scaling` they define.
 
     With an intercept column every other column is centred on its mean; every column but
     the intercept is divided by its root mean square (after centring).  The standardised
     column is ``(x - shift) * inv_scale`` (shift 0 and inv_scale 1 for the intercept).
-    ``gram`` (``X'X``, when known) gives the columns' moments without a pass over them,
-    except for a column whose mean dwarfs its spread (recomputed from centred values).
+    ``gram`` (``D^{-1} X'X D^{-1}`` for the columns' scales ``gram_scales = D``, when known: see
+    :func:`scaled_gram`) gives the columns' moments without a pass over them, except for a
+    column whose mean dwarfs its spread (recomputed from centred values).
     Any shift and scale give the same fit, since :class:`Scaling` records them exactly; the
     moments only need to be accurate enough to condition the problem.
     """
@@ -125,7 +179,12 @@ def standardisation(
     for j in range(p + 1):
         if j == intercept:
             continue
-        moments = None if (gram is None or j == p) else _moments_from_gram(gram, j, intercept, value, n)
+        moments = None
+        if gram is not None and j < p:
+            d = np.ones(p) if gram_scales is None else gram_scales
+            unit = None if intercept is None else value / d[intercept]
+            moments = _moments_from_gram(gram, j, intercept, unit, n)
+            moments = None if moments is None else (moments[0] * d[j], moments[1] * d[j])
         if moments is None:
             moments = _shift_and_scale(X[:, j] if j < p else y, intercept is not None)
         col_shift, scale = moments[0], (moments[1] if moments[1] > 0 and np.isfinite(moments[1]) else 1.0)

@@ -51,9 +51,49 @@ def design_stage(spec: ModelSpec, frame: pd.DataFrame, weights: object = None) -
     )
 
 
+def weight_scale(weights: np.ndarray | None) -> float:
+    """The weights' geometric mean: the engine works with weights divided by it (mean log 0).
+
+    The model ``Var(e_i) = sigma^2 / w_i`` is the same with ``w / c`` and ``sigma^2 / c``, and so
+    is the deviance; but relative covariance factors scale with ``sqrt(c)``, so weights of 1e20
+    would make every variance look like zero (a false boundary) without this.
+    """
+    if weights is None:
+        return 1.0
+    return float(np.exp(np.mean(np.log(weights))))
+
+
+#: The estimates' variances must be representable: data scales that would put them beyond
+#: this (in either direction) are refused with advice to rescale.
+LARGEST_SCALE = 1e150
+
+
+def check_scales(scaling: Scaling, names: list[str], response: str) -> None:
+    """Refuse data whose scales would overflow the variances of the estimates (y near 1e300, ...)."""
+    y_scale = scaling.y_scale
+    if not 1 / LARGEST_SCALE < y_scale < LARGEST_SCALE:
+        raise DataError(
+            f"The response {response!r} varies on a scale of {y_scale:.1e}: its variance cannot be represented "
+            "in double precision. Rescale it (for example, divide it by a power of ten)."
+        )
+    ratios = y_scale * np.abs(np.diag(scaling.T))
+    for name, ratio, j in zip(names, ratios, range(len(names))):
+        if j != scaling.intercept and not 1 / LARGEST_SCALE < ratio < LARGEST_SCALE:
+            raise DataError(
+                f"The fixed effect of {name!r} lives on a scale {ratio:.1e} times the response's: its variance "
+                "cannot be represented in double precision. Rescale that column."
+            )
+
+
 def deviance_stage(design: Design, reml: bool) -> tuple[ProfiledDeviance, Scaling]:
-    """Stage 2: standardise the design, reduce it to sufficient statistics and build the evaluator."""
-    shift, inv_scale, scaling = standardisation(design.X, design.y, design.X_gram)
+    """Stage 2: standardise the design, reduce it to sufficient statistics and build the evaluator.
+
+    Weights are divided by their geometric mean (:func:`weight_scale`; the record reports
+    sigma for the user's weights).
+    """
+    shift, inv_scale, scaling = standardisation(design.X, design.y, design.X_gram, design.X_scales)
+    check_scales(scaling, design.fixed_names, design.response_name)
+    weights = None if design.weights is None else design.weights / weight_scale(design.weights)
     transforms = [b.standardising_transform() for b in design.blocks]
     stats = compute_stats(
         [b.codes for b in design.blocks],
@@ -61,7 +101,7 @@ def deviance_stage(design: Design, reml: bool) -> tuple[ProfiledDeviance, Scalin
         [b.n_levels for b in design.blocks],
         design.X,
         design.y,
-        design.weights,
+        weights,
         transforms=transforms,
         shift=shift,
         inv_scale=inv_scale,
@@ -139,6 +179,15 @@ def optimise_stage(
     )
 
 
+def require_finite(optimum: OptimumReport) -> None:
+    """Refuse to make a record when the likelihood could not be evaluated anywhere."""
+    if not np.isfinite(optimum.deviance):
+        raise DataError(
+            "The likelihood cannot be evaluated for these data at any parameter value tried (the "
+            "cross-product matrices are not positive definite); check the data for extreme or degenerate values."
+        )
+
+
 def check_stage(record: FitRecord, stacklevel: int = 2) -> FitRecord:
     """Stage 4: warn about non-convergence and boundary (singular) fits: never silently."""
     if not record.optimum.converged:
@@ -160,7 +209,10 @@ def fit_design(design: Design, reml: bool, start: np.ndarray | None = None, max_
         deviance, scaling = deviance_stage(design, reml)
         notes = identifiability_stage(deviance, design.blocks, design.response_name)
         optimum = optimise_stage(deviance, start, max_iterations)
-        return FitRecord(design, deviance, scaling, optimum, reml, notes=notes)
+        require_finite(optimum)
+        return FitRecord(
+            design, deviance, scaling, optimum, reml, weight_scale=weight_scale(design.weights), notes=notes
+        )
 
 
 def fit_rows(
@@ -181,12 +233,14 @@ def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | N
     The statistics are transformed in place (no second copy); every deviance built on them
     restores its own transform before it reads them (see ``ProfiledDeviance.claim_statistics``).
     """
+    check_scales(reduced.scaling, reduced.plan.fixed_names, reduced.formula.response)
     blocks = reduced.blocks(covariance)
     transforms = [b.standardising_transform() for b in blocks]
     with single_threaded_blas(reduced.nobs):
         deviance = make_deviance(reduced.stats, [b.layout for b in blocks], reml, column_transforms=transforms)
         notes = identifiability_stage(deviance, blocks, reduced.formula.response)
         optimum = optimise_stage(deviance)
+        require_finite(optimum)
         design = Design(
             formula=reduced.formula,
             y=None,
@@ -202,7 +256,8 @@ def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | N
             data=None,
             n_rows=reduced.nobs,
         )
-        record = FitRecord(design, deviance, reduced.scaling, optimum, reml, notes=notes)
+        scale = reduced.weight_scale
+        record = FitRecord(design, deviance, reduced.scaling, optimum, reml, weight_scale=scale, notes=notes)
     return check_stage(record, stacklevel=4)
 
 
@@ -224,6 +279,7 @@ def refit(
             X=design.X[:, keep],
             fixed_names=[design.fixed_names[j] for j in keep],
             X_gram=None if design.X_gram is None else design.X_gram[np.ix_(keep, keep)],
+            X_scales=None if design.X_scales is None else design.X_scales[keep],
         )
     with warnings.catch_warnings():  # the original fit has warned already
         warnings.simplefilter("ignore", IdentifiabilityWarning)

@@ -61,6 +61,7 @@ class ReducedData:
     n_missing: int
     dropped_fixed: list[str] = field(default_factory=list)
     weighted: bool = False
+    weight_scale: float = 1.0  # the weights' geometric mean, divided out of the statistics
 
     def blocks(self, covariance: dict[str, str] | None = None) -> list[ReBlock]:
         """The grouping blocks (metadata, no rows) with the formula's or ``covariance``'s structures."""
@@ -256,7 +257,7 @@ def _drop_aliased_from_crossproducts(XX: np.ndarray, names: list[str]) -> list[b
     return keep
 
 
-def finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted) -> ReducedData:
+def finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted, weight_scale=1.0) -> ReducedData:
     """Assemble statistics and metadata into a :class:`ReducedData`."""
     p = len(plan.fixed_names)
     keep = _drop_aliased_from_crossproducts(sums.XX, plan.fixed_names)
@@ -283,7 +284,7 @@ def finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted)
         moments[name] = (z_mean[cols], z_sd[cols])
     plan.fixed_names = [n for n, k in zip(plan.fixed_names, keep) if k]
     reduced = ReducedData(parsed, plan, order, level_lists, counts, moments, stats, scaling, nobs, n_missing, dropped)
-    reduced.weighted = weighted
+    reduced.weighted, reduced.weight_scale = weighted, weight_scale
     for block in reduced.blocks():
         check_grouping_factor(block.name, block.n_levels, block.q, block.names, nobs)
     return reduced

@@ -25,16 +25,18 @@ def _complete_chunk(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) 
 
 
 def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> np.ndarray:
-    """Count, sums and sums of squares of X, y and every Z column for one chunk (complete rows)."""
+    """Count, sums and sums of squares of X, y and every Z column, and the sum of log weights, for one
+    chunk (complete rows)."""
     frame = _complete_chunk(plan, frame, weights)
     if frame.empty:
         return None
     y, X, Zs = model_columns(plan, frame)
     cols = np.column_stack([X, y] + Zs)
-    return np.concatenate([[len(frame)], cols.sum(axis=0), (cols**2).sum(axis=0)])
+    log_w = float(np.log(frame[weights].to_numpy(dtype=float)).sum()) if weights else 0.0
+    return np.concatenate([[len(frame)], cols.sum(axis=0), (cols**2).sum(axis=0), [log_w]])
 
 
-def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights: str | None):
+def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights: str | None, w_scale: float):
     """Per-cluster sums of one chunk, as a DataFrame keyed by the innermost factor, plus global sums."""
     frame = _complete_chunk(plan, frame, weights)
     if frame.empty:
@@ -42,7 +44,7 @@ def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights
     y, X, Zs = model_columns(plan, frame)
     Xs, ys = standardised(X, y, scaling)
     Z = np.hstack(Zs)
-    w = frame[weights].to_numpy(dtype=float) if weights else np.ones(len(frame))
+    w = frame[weights].to_numpy(dtype=float) / w_scale if weights else np.ones(len(frame))
     keys = cluster_keys(plan, frame)
     Q, p = Z.shape[1], Xs.shape[1]
     products = [
@@ -93,14 +95,15 @@ def _combine(parts: list, plan: ColumnPlan, p: int) -> ClusterSums:
 
 
 def _moments_to_scaling(plan: ColumnPlan, totals: np.ndarray, p: int, Q: int):
-    """Scaling for X, y and the random-effect column moments from summed chunk moments."""
+    """Scaling for X, y, the random-effect column moments and the weights' geometric mean, from summed
+    chunk moments."""
     n = totals[0]
     k = p + 1 + Q
     mean = totals[1 : 1 + k] / n
     var = np.maximum(totals[1 + k : 1 + 2 * k] / n - mean**2, 0.0)
     sd = np.sqrt(var)
     scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
-    return scaling, mean[p + 1 :], sd[p + 1 :], int(n)
+    return scaling, mean[p + 1 :], sd[p + 1 :], int(n), float(np.exp(totals[-1] / n))
 
 
 def reduce_frame(
@@ -123,9 +126,9 @@ def reduce_frame(
     if not moments:
         raise DataError("No complete rows in the data.")
     p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
-    scaling, z_mean, z_sd, nobs = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
-    sums = _combine([_chunk_sums(plan, c, scaling, weights) for c in chunks], plan, p)
-    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, len(data) - nobs, weights is not None)
+    scaling, z_mean, z_sd, nobs, w_scale = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    sums = _combine([_chunk_sums(plan, c, scaling, weights, w_scale) for c in chunks], plan, p)
+    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, len(data) - nobs, weights is not None, w_scale)
 
 
 def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
@@ -154,7 +157,8 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
     if not moments:
         raise DataError("No complete rows in the data.")
     p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
-    scaling, z_mean, z_sd, nobs = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
-    results = dask.compute(*[dask.delayed(_chunk_sums)(plan, part, scaling, weights) for part in parts])
+    scaling, z_mean, z_sd, nobs, w_scale = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    results = dask.compute(*[dask.delayed(_chunk_sums)(plan, part, scaling, weights, w_scale) for part in parts])
     sums = _combine(list(results), plan, p)
-    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, int(sum(total_rows)) - nobs, weights is not None)
+    missing = int(sum(total_rows)) - nobs
+    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, missing, weights is not None, w_scale)

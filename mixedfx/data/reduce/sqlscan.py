@@ -71,16 +71,19 @@ def _complete_rows_sql(used: list[str], types: dict[str, str]) -> str:
     return " AND ".join(conditions)
 
 
-def _check_values(con, src: str, complete: str, variables: list[str], types: dict[str, str], weights) -> None:
-    """The checks the in-memory design makes on raw values: no infinity, positive finite weights."""
+def _check_values(con, src: str, complete: str, variables: list[str], types: dict[str, str], weights) -> float:
+    """The checks the in-memory design makes on raw values (no infinity, positive finite weights);
+    returns the weights' geometric mean (1 without weights)."""
     floats = [v for v in variables if is_float_type(types[v])]
     checks = [f"sum(CASE WHEN isinf({quote(v)}) THEN 1 ELSE 0 END)" for v in floats]
     if weights:
         checks.append(f"min({quote(weights)})")
         if is_float_type(types[weights]):
             checks.append(f"sum(CASE WHEN isinf({quote(weights)}) THEN 1 ELSE 0 END)")
+    if weights:
+        checks.append(f"exp(avg(ln(CAST({quote(weights)} AS DOUBLE))))")
     if not checks:
-        return
+        return 1.0
     row = con.execute(f"SELECT {', '.join(checks)} FROM {src} WHERE {complete}").fetchone()
     for v, bad in zip(floats, row):
         if bad:
@@ -90,6 +93,8 @@ def _check_values(con, src: str, complete: str, variables: list[str], types: dic
         infinite = row[len(floats) + 1] if is_float_type(types[weights]) else 0
         if lowest is not None and (lowest <= 0 or infinite):
             raise DataError(f"weights column {weights!r} must be positive and finite for every row used.")
+        return float(row[-1])
+    return 1.0
 
 
 def _python_value(expr: str):
@@ -180,7 +185,7 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
         raise DataError(f"Unknown weights column {weights!r}.{suggest(weights, columns)}")
     used = variables + ([weights] if weights else [])
     complete = _complete_rows_sql(used, types)
-    _check_values(con, src, complete, variables, types, weights)
+    w_scale = _check_values(con, src, complete, variables, types, weights)
     categorical = [v for v in variables if not (is_numeric_type(types[v]) or "BOOLEAN" in types[v])]
     levels = {}
     for v in categorical:  # one pass per categorical variable: its levels
@@ -196,7 +201,7 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     y_sql = numeric_sql(plan.response, types)
     _verify_sql(con, plan, prototype, fixed_sql, z_sql, y_sql)
     verified, verification = _verification_aggregates(con, plan, types)
-    w_sql = f"CAST({quote(weights)} AS DOUBLE)" if weights else lit(1.0)
+    w_sql = f"(CAST({quote(weights)} AS DOUBLE) / {lit(w_scale)})" if weights else lit(1.0)
     key_exprs = {}
     for _, factor, *_ in plan.terms:
         name = ":".join(factor)
@@ -265,9 +270,8 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
         sums = _fetch_cluster_sums(con.execute(query), order, distinct[inner], Q, p)
     sums.XX, sums.Xy, sums.yy = XX, Xy, float(yy)
     sums.sum_log_weights = float(slw) if weights else 0.0
-    return finish(
-        parsed, plan, sums, scaling, mean[p + 1 :], sd[p + 1 :], int(nobs), int(total - nobs), weights is not None
-    )
+    z_mean, z_sd, missing = mean[p + 1 :], sd[p + 1 :], int(total - nobs)
+    return finish(parsed, plan, sums, scaling, z_mean, z_sd, int(nobs), missing, weights is not None, w_scale)
 
 
 #: DuckDB vectors (2048 rows each) per fetched chunk of the per-cluster result.
