@@ -58,6 +58,13 @@ def _check_times(spec: ResidualSpec, clusters: np.ndarray, time: np.ndarray) -> 
             )
     if spec.kind in ("ar1", "ma1", "toeplitz", "banded") and np.any(time != np.round(time)):
         raise DataError(f"{spec.kind} needs integer occasions in t(); use 'exponential, t(...)' for continuous time.")
+    if spec.kind in ("toeplitz", "banded"):
+        occasions = np.unique(time).size
+        if spec.order >= occasions:
+            raise DataError(
+                f"{spec.kind} {spec.order} needs more than {spec.order} occasions, but {spec.time or 'the clusters'!r} "
+                f"has {occasions}: use at most {spec.kind} {occasions - 1} (or unstructured)."
+            )
 
 
 def residual_structure(spec: ResidualSpec, data: pd.DataFrame, clusters: np.ndarray, n_clusters: int) -> RStructure:

@@ -35,6 +35,7 @@ class OptimumReport:
     message: str
     n_evaluations: int
     gradient: np.ndarray
+    moved: bool = True  # False when the optimum is the starting point itself (nothing was learnt)
 
 
 class _Counter:
@@ -460,7 +461,7 @@ def minimize_deviance(
     result = None if (converged or steps >= max_iterations) else run(resume, max_iterations - steps)
     if counted.best_x is None:  # nowhere finite: nothing to restart from or to polish
         message = "the deviance is not finite at any point tried"
-        return OptimumReport(start, np.inf, False, message, counted.count, np.full_like(start, np.nan))
+        return OptimumReport(start, np.inf, False, message, counted.count, np.full_like(start, np.nan), False)
     for _ in range(EDGE_RESTARTS):
         restart = _edge_restart_point(counted, counted.best_x, lower, mirrors)
         if restart is None:
@@ -497,4 +498,4 @@ def minimize_deviance(
         )
     else:
         message = "converged"
-    return OptimumReport(theta, f, converged, message, counted.count, pg)
+    return OptimumReport(theta, f, converged, message, counted.count, pg, not np.array_equal(theta, start))

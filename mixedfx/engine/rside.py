@@ -46,8 +46,9 @@ class RParameters:
     """Layout of the unconstrained R-side parameter vector and its natural-scale labels."""
 
     labels: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)  # "rho", "rho_ma", "rho_ex", "lsd", "delta"
+    kinds: list[str] = field(default_factory=list)  # "rho", "rho_pos", "rho_ma", "pacf", "chol", "lsd", "delta"
     groups: list[int] = field(default_factory=list)  # by-level of each parameter (0 if none)
+    band: int | None = None  # "chol" correlations: within this many occasions (None: all pairs)
 
     def add(self, label: str, kind: str, group: int = 0) -> None:
         self.labels.append(label)
@@ -73,20 +74,52 @@ class RParameters:
         for g in set(self.groups):
             idx = [k for k, kind in enumerate(self.kinds) if kind == "chol" and self.groups[k] == g]
             if idx:
-                C = unstructured_correlation(u[idx], self.n_occasions)
-                a, b = np.tril_indices(self.n_occasions, -1)
+                C = unstructured_correlation(u[idx], self.n_occasions, self.band)
+                a, b = band_indices(self.n_occasions, self.band)
                 out[idx] = C[a, b]
+            idx = [k for k, kind in enumerate(self.kinds) if kind == "pacf" and self.groups[k] == g]
+            if idx:
+                out[idx] = ma_autocorrelation(np.tanh(u[idx]))
         return out
 
 
-def unstructured_correlation(values: np.ndarray, n: int) -> np.ndarray:
+def band_indices(n: int, band: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the strictly-lower entries of an n x n matrix within ``band`` of the
+    diagonal (all of them for ``band=None``), in the order of ``np.tril_indices(n, -1)``."""
+    rows, cols = np.tril_indices(n, -1)
+    if band is None:
+        return rows, cols
+    keep = rows - cols <= band
+    return rows[keep], cols[keep]
+
+
+def ma_autocorrelation(pacf: np.ndarray) -> np.ndarray:
+    """Autocorrelations at lags 1..K of the invertible MA(K) process with these partial autocorrelations.
+
+    The partial autocorrelations in (-1, 1) map, by the Durbin-Levinson recursion, one to one
+    onto the invertible MA(K) coefficients ``theta`` (Monahan 1984; nlme's ``corARMA`` uses
+    the same map), and ``rho_d = sum_i psi_i psi_{i+d} / sum_i psi_i^2`` with
+    ``psi = (1, theta_1, ..., theta_K)``.  A banded Toeplitz correlation built from them is
+    positive definite for any number of occasions.
+    """
+    K = pacf.size
+    phi = np.zeros(0)
+    for k in range(K):
+        phi = np.append(phi - pacf[k] * phi[::-1], pacf[k])
+    psi = np.append(1.0, -phi)
+    return np.array([psi[: K + 1 - d] @ psi[d:] for d in range(1, K + 1)]) / (psi @ psi)
+
+
+def unstructured_correlation(values: np.ndarray, n: int, band: int | None = None) -> np.ndarray:
     """Correlation matrix ``normalise(L L')`` from the strictly-lower entries of a unit-diagonal ``L``.
 
     Positive definite for every value of the parameters (an unconstrained parameterisation).
-    Entries follow ``np.tril_indices(n, -1)``: (1,0), (2,0), (2,1), ...
+    Entries follow ``np.tril_indices(n, -1)``: (1,0), (2,0), (2,1), ...; with ``band`` only
+    those within ``band`` of the diagonal, and ``L L'`` is banded too: every positive definite
+    banded correlation matrix arises (its Cholesky factor is banded).
     """
     L = np.eye(n)
-    L[np.tril_indices(n, -1)] = values
+    L[band_indices(n, band)] = values
     S = L @ L.T
     d = 1.0 / np.sqrt(np.diag(S))
     return S * np.outer(d, d)
@@ -131,22 +164,17 @@ class RStructure:
                 p.add(f"rho{tag}", "rho_pos", g)
             elif spec.kind == "ma1":
                 p.add(f"rho1{tag}", "rho_ma", g)
-            elif spec.kind == "toeplitz":
+            elif spec.kind == "toeplitz":  # as MA(K): positive definite everywhere (see ma_autocorrelation)
                 for d in range(1, spec.order + 1):
-                    p.add(f"rho{d}{tag}", "rho", g)
+                    p.add(f"rho{d}{tag}", "pacf", g)
             elif spec.kind in ("banded", "unstructured"):
                 occ = self.occasions
                 for k in range(1, len(occ)):
                     p.add(f"sd(e{_fmt(occ[k])})/sd(e{_fmt(occ[0])}){tag}", "lsd", g)
-                if spec.kind == "unstructured":
-                    p.n_occasions = len(occ)
-                    for a, b in zip(*np.tril_indices(len(occ), -1)):
-                        p.add(f"corr(e{_fmt(occ[b])},e{_fmt(occ[a])}){tag}", "chol", g)
-                else:
-                    for a in range(len(occ)):
-                        for b in range(a + 1, len(occ)):
-                            if b - a <= spec.order:
-                                p.add(f"corr(e{_fmt(occ[a])},e{_fmt(occ[b])}){tag}", "rho", g)
+                p.n_occasions = len(occ)
+                p.band = spec.order if spec.kind == "banded" else None
+                for a, b in zip(*band_indices(len(occ), p.band)):
+                    p.add(f"corr(e{_fmt(occ[b])},e{_fmt(occ[a])}){tag}", "chol", g)
         for g, level in enumerate(levels[1:], start=1):
             p.add(f"sd(Residual: {spec.by}={level})/sd(Residual: {spec.by}={levels[0]})", "lsd", g)
         if spec.variance is not None:
@@ -195,7 +223,9 @@ class RStructure:
             return eye
         nat = self.params.natural(u)
         d = np.abs(t[:, :, None] - t[:, None, :])
-        mine = [i for i, g in enumerate(self.params.groups) if self.params.kinds[i] in ("rho", "rho_pos", "rho_ma")]
+        mine = [
+            i for i, g in enumerate(self.params.groups) if self.params.kinds[i] in ("rho", "rho_pos", "rho_ma", "pacf")
+        ]
         per_group = {}
         for i in mine:
             per_group.setdefault(self.params.groups[i], []).append(nat[i])
@@ -215,15 +245,9 @@ class RStructure:
         # banded / unstructured: correlations by occasion pair
         n_occ = len(self.occasions)
         table = np.zeros((len(self.by_levels), n_occ, n_occ))
-        if kind == "unstructured":
-            for g in range(len(self.by_levels)):
-                idx = [i for i, k_ in enumerate(self.params.kinds) if k_ == "chol" and self.params.groups[i] == g]
-                table[g] = unstructured_correlation(u[idx], n_occ) - np.eye(n_occ)
-        else:
-            pairs = [(a, b) for a in range(n_occ) for b in range(a + 1, n_occ) if b - a <= self.spec.order]
-            for g, values in per_group.items():
-                for (a, b), r in zip(pairs, values):
-                    table[g, a, b] = table[g, b, a] = r
+        for g in range(len(self.by_levels)):
+            idx = [i for i, k_ in enumerate(self.params.kinds) if k_ == "chol" and self.params.groups[i] == g]
+            table[g] = unstructured_correlation(u[idx], n_occ, self.params.band) - np.eye(n_occ)
         return eye + table[group[:, None, None], occ[:, :, None], occ[:, None, :]] * off
 
 

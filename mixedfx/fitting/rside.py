@@ -74,7 +74,8 @@ def fit_rside(spec: ModelSpec, frame: pd.DataFrame, weights: object = None, max_
     theta0 = np.concatenate([lay.start() for lay in layouts] + [structure.start()])
     lower = np.concatenate([lay.lower_bounds() for lay in layouts] + [np.full(structure.n_params, -U_BOUND)])
     upper = np.concatenate([lay.upper_bounds() for lay in layouts] + [np.full(structure.n_params, U_BOUND)])
-    report = minimize_deviance(model, theta0, lower, upper, max_iterations=max_iterations)
+    # A short first step: far steps saturate tanh-type transforms, whose flat tails look stationary.
+    report = minimize_deviance(model, theta0, lower, upper, max_iterations=max_iterations, step_scale=0.1)
     k = len(report.theta) - structure.n_params
     u_hat = report.theta[k:]
     theta_report = dataclasses.replace(report, theta=report.theta[:k], gradient=report.gradient[:k])

@@ -162,6 +162,13 @@ def summary_text(
     cluster-robust standard errors.
     """
     lines = _header(result, level)
+    if not result.converged and not result.optimum.moved:
+        lines += [
+            "",
+            f"The optimiser did not move from its starting values ({result.optimum.message}): there are no",
+            "estimates to show. Try a simpler random-effects or residual structure, or other starting values.",
+        ]
+        return "\n".join(lines)
     lines.append("")
     lines += _fixed_table(result, level, dfmethod, vce)
     lines.append("")

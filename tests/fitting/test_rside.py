@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from statsmodels.tsa.arima_process import arma_acf
 
 import mixedfx
 from conftest import load_reference
@@ -49,6 +50,14 @@ def test_varident_matches_nlme_and_improves_on_its_optimum(exam):
 
 
 # ---------------------------------------------------------------------------- dense checks
+def _ma_coefficients(pacf):
+    """Invertible MA coefficients from partial autocorrelations (Durbin-Levinson, written out)."""
+    phi = []
+    for k, r in enumerate(pacf):
+        phi = [phi[j] - r * phi[k - 1 - j] for j in range(k)] + [r]
+    return -np.array(phi)
+
+
 def _correlation(kind, t, u, order=0, occasions=None):
     d = np.abs(t[:, None] - t[None, :])
     n = len(t)
@@ -62,24 +71,18 @@ def _correlation(kind, t, u, order=0, occasions=None):
         return (1 / (1 + np.exp(-u[0]))) ** d
     if kind == "ma1":
         return np.eye(n) + (d == 1) * 0.5 * np.tanh(u[0])
-    if kind == "toeplitz":
-        return np.eye(n) + sum((d == k) * np.tanh(u[k - 1]) for k in range(1, order + 1))
+    if kind == "toeplitz":  # MA(order) with partial autocorrelations tanh(u), autocorrelations from statsmodels
+        rho = arma_acf([1.0], np.r_[1.0, _ma_coefficients(np.tanh(u[:order]))], lags=order + 1)
+        return np.eye(n) + sum((d == k) * rho[k] for k in range(1, order + 1))
     idx = np.searchsorted(occasions, t)
     m = len(occasions)
     sd = np.r_[1.0, np.exp(u[: m - 1])][idx]
-    if kind == "banded":
-        full = np.eye(m)
-        k = m - 1
-        for a in range(m):
-            for b in range(a + 1, m):
-                if b - a <= order:
-                    full[a, b] = full[b, a] = np.tanh(u[k])
-                    k += 1
-    else:
-        L = np.eye(m)
-        L[np.tril_indices(m, -1)] = u[m - 1 :]
-        S = L @ L.T
-        full = S / np.sqrt(np.outer(np.diag(S), np.diag(S)))
+    L = np.eye(m)
+    rows, cols = np.tril_indices(m, -1)
+    band = rows - cols <= (order if kind == "banded" else m)
+    L[rows[band], cols[band]] = u[m - 1 :]
+    S = L @ L.T
+    full = S / np.sqrt(np.outer(np.diag(S), np.diag(S)))
     return full[np.ix_(idx, idx)] * np.outer(sd, sd)
 
 
@@ -256,3 +259,33 @@ def test_data_and_option_errors(sleepstudy, tmp_path):
         fit.coef_table(dfmethod="kroger")
     with pytest.raises(mixedfx.errors.FormulaError, match="group="):
         mixedfx.fit("Reaction ~ Days", sleepstudy, residuals="ar1")
+
+
+@pytest.mark.parametrize("order, loglik", [(1, -904.842), (2, -885.628), (3, -879.503)])
+def test_marginal_toeplitz_reaches_the_maximum(sleepstudy, order, loglik):
+    """Toeplitz K (as MA(K), positive definite everywhere) on sleepstudy: the REML optima that a direct
+    maximisation of the same likelihood reaches (issue #20), not the starting values."""
+    fit = mixedfx.fit("Reaction ~ Days", sleepstudy, residuals=f"toeplitz {order}, t(Days)", group="Subject")
+    assert fit.converged and fit.optimum.moved
+    assert fit.loglik == pytest.approx(loglik, abs=1e-3)
+    assert fit.loglik > loglik - 1e-3
+
+
+def test_toeplitz_1_is_ma1(sleepstudy):
+    a = mixedfx.fit("Reaction ~ Days", sleepstudy, residuals="toeplitz 1, t(Days)", group="Subject")
+    b = mixedfx.fit("Reaction ~ Days", sleepstudy, residuals="ma1, t(Days)", group="Subject")
+    assert a.loglik == pytest.approx(b.loglik, abs=1e-7)
+    assert a.rside.natural()[0] == pytest.approx(b.rside.natural()[0], abs=1e-5)
+
+
+def test_toeplitz_order_beyond_the_occasions_is_refused(sleepstudy):
+    with pytest.raises(DataError, match="toeplitz 10 needs more than 10 occasions"):
+        mixedfx.fit("Reaction ~ Days", sleepstudy, residuals="toeplitz 10, t(Days)", group="Subject")
+
+
+def test_a_fit_that_did_not_move_prints_no_estimates(sleepstudy):
+    with pytest.warns(Warning):
+        fit = mixedfx.fit("Reaction ~ Days", sleepstudy, residuals="ar1, t(Days)", group="Subject", max_iterations=0)
+    assert not fit.converged and not fit.optimum.moved
+    text = str(fit.summary())
+    assert "did not move from its starting values" in text and "Coef." not in text
