@@ -289,3 +289,29 @@ def test_a_fit_that_did_not_move_prints_no_estimates(sleepstudy):
     assert not fit.converged and not fit.optimum.moved
     text = str(fit.summary())
     assert "did not move from its starting values" in text and "Coef." not in text
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+@pytest.mark.parametrize("name", ["toeplitz1", "toeplitz2", "toeplitz3", "unstructured4"])
+def test_marginal_structures_match_nlme_gls(sleepstudy, name, method):
+    """nlme gls with corARMA(q = K) (Stata's toeplitz K) and corSymm + varIdent (unstructured)."""
+    ref = load_reference("sleepstudy_gls_nlme")[f"{name}_{method}"]
+    if name.startswith("toeplitz"):
+        data, spec = sleepstudy, f"toeplitz {name[-1]}, t(Days)"
+    else:
+        data, spec = sleepstudy[sleepstudy["Days"] <= 3], "unstructured, t(Days)"
+    fit = mixedfx.fit("Reaction ~ Days", data, residuals=spec, group="Subject", method=method.lower())
+    assert fit.converged
+    assert fit.loglik > ref["loglik"] - 1e-4 and fit.loglik == pytest.approx(ref["loglik"], abs=1e-4)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(ref["fixef"].values()), rtol=1e-4)
+    # nlme's gls scales the ML covariance of beta by n / (n - p); ours is the ML one, as lme4's
+    n, p = fit.nobs, len(fit.fixef)
+    dof = 1.0 if method == "REML" else np.sqrt((n - p) / n)
+    np.testing.assert_allclose(fit.se.to_numpy(), np.array(list(ref["se"].values())) * dof, rtol=1e-3)
+    natural = fit.rside.natural()
+    if name.startswith("toeplitz"):
+        np.testing.assert_allclose(natural, ref["rho"], rtol=1e-3, atol=1e-4)
+    else:
+        labels = fit.rside.labels
+        corr = [v for v, label in zip(natural, labels) if label.startswith("corr")]
+        np.testing.assert_allclose(sorted(corr), sorted(ref["corr"]), rtol=2e-3, atol=1e-3)
