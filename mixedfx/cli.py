@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ def _load(source: str):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixedfx", description="Linear mixed-effects models (lme4 formula syntax).")
+    parser = _Parser(prog="mixedfx", description="Linear mixed-effects models (lme4 formula syntax).")
     parser.add_argument("--version", action="version", version=f"mixedfx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit a linear mixed model and print its summary or JSON")
@@ -109,24 +110,48 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def one_line(message: str) -> str:
+    """An error message on one line: no terminal colour codes, a formula's caret as its column."""
+    lines = _ANSI.sub("", str(message)).splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        caret = line.strip() == "^" and i > 0
+        if caret:
+            out[-1] = f"{out[-1]} (at column {len(line) - len(line.lstrip()) - 1})"
+        elif line.strip():
+            out.append(line.strip())
+    return " ".join(out)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line and exit status 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"mixedfx: error: {one_line(message)} (see mixedfx --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mixedfx`` command; returns the exit status."""
+    """Entry point of the ``mixedfx`` command; returns the exit status (2 for any error)."""
     args = _build_parser().parse_args(argv)
     try:
         return _run_report(args) if args.command == "report" else _run_fit(args)
     except MixedFXError as exc:
         if args.debug:
             raise
-        print(f"mixedfx: error: {' '.join(str(exc).split()) if chr(10) not in str(exc) else str(exc)}", file=sys.stderr)
+        print(f"mixedfx: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the CLI promises no tracebacks without --debug
+    except Exception as exc:  # noqa: BLE001 - the CLI promises no tracebacks (nor library text) without --debug
         if args.debug:
             raise
         print(
-            f"mixedfx: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            f"mixedfx: error: an unexpected {type(exc).__name__} inside mixedfx (a bug); "
+            "rerun with --debug for the traceback and report it",
             file=sys.stderr,
         )
-        return 1
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

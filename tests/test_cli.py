@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from mixedfx.cli import main
@@ -56,3 +58,40 @@ def test_python_dash_m_works():
         check=True,
     )
     assert json.loads(proc.stdout)["ngroups"] == {"cask:batch": 30, "batch": 10}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fit", "sleepstudy", "Reaction ~ Days + (1 | Subject"],
+        ["fit", "sleepstudy", "Reaction ~ Days + (1 | Nope)"],
+        ["fit", "no_such_file.csv", "y ~ x + (1 | g)"],
+        ["fit", "sleepstudy"],
+        ["fit", "sleepstudy", "Reaction ~ Days + (1 | Subject)", "--method", "bayes"],
+        ["fit", "sleepstudy", "Reaction ~ Days + (1 | Subject)", "--level", "0.95"],
+        ["fit", "sleepstudy", "Reaction ~ C(Subject) + (1 | Subject)"],
+        ["fit", "sleepstudy", "Reaction ~ np.load(Days) + (1 | Subject)"],
+        ["report", "sleepstudy", "Reaction ~ Days + (1 | Subject)", "--x", "nope"],
+    ],
+)
+def test_every_error_is_one_line_with_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        raise SystemExit(main(argv))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mixedfx: error: ")
+    assert "Traceback" not in err and "\x1b[" not in err
+
+
+def test_report_on_small_clusters_with_integer_ages(tmp_path):
+    """nlme's Orthodont layout: 27 children, 4 visits each at integer ages 8..14 (was a KeyError)."""
+    rng = np.random.default_rng(0)
+    subject = np.repeat([f"S{k:02d}" for k in range(27)], 4)
+    age = np.tile([8, 10, 12, 14], 27)
+    sex = np.repeat(rng.choice(["Male", "Female"], 27), 4)
+    distance = 17 + 0.6 * age + np.repeat(rng.normal(0, 2, 27), 4) + rng.normal(0, 1.4, age.size)
+    source = tmp_path / "orthodont.csv"
+    pd.DataFrame({"distance": distance, "age": age, "Subject": subject, "Sex": sex}).to_csv(source, index=False)
+    output = tmp_path / "o.html"
+    assert main(["report", str(source), "distance ~ age + (age | Subject)", "--by", "Sex", "-o", str(output)]) == 0
+    assert output.exists()

@@ -94,7 +94,8 @@ def ols_by_group(formula: str, data: pd.DataFrame, group: str, min_size: int = 1
         if len(idx) < min_size:
             continue
         rows[str(level)] = ols_row(X[idx], y[idx], names)
-    frame = pd.DataFrame.from_dict(rows, orient="index")
+    columns = ["n"] + [c for name in names for c in (name, f"se_{name}")]
+    frame = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)  # columns even when empty
     frame.index.name = group
     return frame
 

@@ -49,7 +49,8 @@ def shrinkage(result: FitRecord, group: str | None = None, min_size: int = 1) ->
             denom = ols[term] - base
             row[f"shrinkage_{term}"] = (eb.loc[level, term] - base) / denom if np.isfinite(denom) and denom else np.nan
         rows.append(row)
-    return pd.DataFrame(rows).set_index("group")
+    columns = ["group", "n"] + [f"{kind}_{term}" for term in terms for kind in ("ols", "eb", "shrinkage")]
+    return pd.DataFrame(rows, columns=columns).set_index("group")
 
 
 def _block(result: FitRecord, group: str | None) -> ReBlock:

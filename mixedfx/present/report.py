@@ -97,6 +97,9 @@ def build_report(
     x = x or _default_x(fit)
     y = fit.design.response_name
     tracker = _Progress(8, progress)
+    # Per-cluster OLS: the lecture's rule (clusters with at least 5 rows), or 3 where every cluster is smaller.
+    sizes_max = int(fit.design.blocks[0].level_counts.max()) if fit.design.blocks else 0
+    min_size = 5 if sizes_max >= 5 else 3
     sections: list[tuple[str, str]] = []
 
     sizes = fit.group_sizes.rename(columns={"groups": "clusters", "avg": "mean size"})
@@ -129,13 +132,13 @@ def build_report(
                 plots.trajectories(data, x, y, group, by=by if by in data.columns else None), "observed trajectories"
             )
         )
-        figures.append(_figure_html(plots.cluster_ols_lines(data, x, y, group, min_size=5), "cluster OLS lines"))
-        ols = ols_by_group(f"{quote_name(y)} ~ {quote_name(x)}", data, group, min_size=5)
+        figures.append(_figure_html(plots.cluster_ols_lines(data, x, y, group, min_size), "cluster OLS lines"))
+        ols = ols_by_group(f"{quote_name(y)} ~ {quote_name(x)}", data, group, min_size=min_size)
         if x in ols.columns and ols[x].notna().sum() > 2:
             figures.append(_figure_html(plots.ols_scatter(ols, x), "cluster OLS intercepts vs slopes"))
     tracker.step("exploratory plots")
     if block is not None and block.q <= 2:
-        figures.append(_figure_html(plots.shrinkage_plot(fit, group=block.name, min_size=5), "shrinkage"))
+        figures.append(_figure_html(plots.shrinkage_plot(fit, group=block.name, min_size=min_size), "shrinkage"))
     if block is not None and "(Intercept)" in block.names:
         figures.append(_figure_html(plots.caterpillar(fit, group=block.name), "caterpillar plot"))
     tracker.step("shrinkage and ranking plots")
