@@ -17,8 +17,8 @@ from .analysis import intervals, marginal, prediction, ranef, ranking, robust, v
 from .analysis import lrtest as lrtests
 from .analysis.lrtest import LRTest
 from .data.io import read_data
-from .data.reduce.assemble import ReducedData
 from .data.reduce.chunks import reduce_dask
+from .data.reduce.reduced import ReducedData
 from .data.reduce.sqlscan import reduce_duckdb
 from .errors import OptionError
 from .fitting import pipeline

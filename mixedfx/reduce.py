@@ -4,8 +4,8 @@ Public namespace of :mod:`mixedfx.data.reduce` (the reductions) and :func:`mixed
 """
 
 from .api import fit_reduced
-from .data.reduce.assemble import ReducedData, load_reduced
 from .data.reduce.chunks import reduce_dask, reduce_frame
+from .data.reduce.reduced import ReducedData, load_reduced
 from .data.reduce.sqlscan import reduce_duckdb
 
 __all__ = ["reduce_duckdb", "reduce_dask", "reduce_frame", "fit_reduced", "load_reduced", "ReducedData"]

@@ -234,3 +234,18 @@ def check_new_levels(spec, data: pd.DataFrame) -> None:
                 f"New data: {column!r} has level(s) {shown} (first at row {unseen.index[0]!r}) that the fit never "
                 f"saw; it knows {', '.join(repr(v) for v in known[:10])}{', ...' if len(known) > 10 else ''}."
             )
+
+
+def coded_as_categories(parsed: ParsedFormula, columns) -> set[str]:
+    """Columns the formula codes as categories explicitly, ``C(x)`` or ``factor(x)``, whatever their type.
+
+    Reductions must take their levels from all rows (a numeric column's levels in a sample
+    may miss some), as they do for text columns.
+    """
+    found: set[str] = set()
+    for piece in [parsed.fixed_formula] + [term.expr for term in parsed.random]:
+        for factor in formula_factors(parsed_formula(piece)):
+            column = categorical_column(str(factor.expr), columns)
+            if column is not None and str(factor.expr) != column:
+                found.add(column)
+    return found

@@ -13,6 +13,9 @@ from ..errors import DataError
 
 SUPPORTED = (".csv", ".tsv", ".txt", ".dta", ".parquet", ".pq")
 
+#: Read as missing in text files besides pandas' defaults (NA, NaN, N/A, null, empty): Stata's ".".
+STATA_MISSING = ["."]
+
 
 def _sniff_delimiter(path: Path) -> str:
     """Guess the delimiter of a text table from its first lines (comma, semicolon, tab, pipe)."""
@@ -33,7 +36,7 @@ def _read_in_chunks(path: Path, delimiter: str, encoding: str) -> pd.DataFrame:
     total = path.stat().st_size
     chunks = []
     with open(path, "rb") as handle:
-        reader = pd.read_csv(handle, sep=delimiter, encoding=encoding, chunksize=500_000)
+        reader = pd.read_csv(handle, sep=delimiter, encoding=encoding, chunksize=500_000, na_values=STATA_MISSING)
         for chunk in reader:
             chunks.append(chunk)
             print(f"\rreading {path.name}: {min(handle.tell() / total, 1.0):6.1%}", end="", file=sys.stderr, flush=True)
@@ -49,7 +52,7 @@ def _read_text_table(path: Path, progress: bool) -> pd.DataFrame:
         try:
             if big:
                 return _read_in_chunks(path, delimiter, encoding)
-            return pd.read_csv(path, sep=delimiter, encoding=encoding)
+            return pd.read_csv(path, sep=delimiter, encoding=encoding, na_values=STATA_MISSING)
         except UnicodeDecodeError:
             continue
     raise DataError(f"Cannot decode {str(path)!r} as UTF-8 or Latin-1 text; re-save it as UTF-8.")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.design import Design, build_design
-from ..data.reduce.assemble import ReducedData
+from ..data.reduce.reduced import ReducedData
 from ..engine.deviance import ProfiledDeviance
 from ..engine.factory import make_deviance
 from ..engine.identifiability import ZERO_SHARE, identifiability

@@ -132,3 +132,36 @@ def test_interaction_factors_group_by_the_pair(engine, tmp_path):
         warnings.simplefilter("ignore")
         fit = _fit(engine, "y ~ 1 + (1 | a:b)", data, tmp_path)
     assert fit.ngroups == {"a:b": 8}
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "dask"])
+def test_category_levels_come_from_every_row(engine, tmp_path):
+    """A numeric column coded with C() whose last level appears only after the 2,000-row sample."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(300), 10)
+    k = np.where(np.arange(g.size) > 2500, 3, rng.integers(0, 3, g.size))
+    data = pd.DataFrame({"y": rng.normal(size=g.size) + k, "k": k, "g": g})
+    memory = mixedfx.fit("y ~ C(k) + (1 | g)", data)
+    reduced = _fit(engine, "y ~ C(k) + (1 | g)", data, tmp_path)
+    assert list(reduced.fixef.index) == list(memory.fixef.index)
+    np.testing.assert_allclose(reduced.fixef.to_numpy(), memory.fixef.to_numpy(), rtol=1e-8)
+
+
+def test_csv_missing_values_read_alike(tmp_path):
+    """NA, empty fields and Stata's '.' are missing for the in-memory reader and for DuckDB."""
+    pytest.importorskip("duckdb")
+    data = _data()
+    text = data.to_csv(index=False).splitlines()
+    markers = {3: ".", 8: "NA", 15: ""}
+    rows = [text[0]]
+    for i, line in enumerate(text[1:]):
+        fields = line.split(",")
+        if i in markers:
+            fields[1] = markers[i]  # the x column
+        rows.append(",".join(fields))
+    path = tmp_path / "missing.csv"
+    path.write_text("\n".join(rows) + "\n")
+    memory = mixedfx.fit("y ~ x + (1 | g)", str(path))
+    duck = mixedfx.fit("y ~ x + (1 | g)", str(path), engine="duckdb")
+    assert memory.n_missing == duck.n_missing == 3
+    np.testing.assert_allclose(duck.fixef.to_numpy(), memory.fixef.to_numpy(), rtol=1e-8)

@@ -8,7 +8,7 @@ import pytest
 
 import mixedfx
 from mixedfx.cli import main
-from mixedfx.errors import OptionError
+from mixedfx.errors import DataError, OptionError
 from mixedfx.reduce import fit_reduced, load_reduced, reduce_duckdb, reduce_frame
 
 EXAM = "gcse ~ lrt_groupc * sex + schgend + (1 + lrt_groupc | school)"
@@ -194,3 +194,30 @@ def test_duckdb_one_pass_moments_keep_precision_with_offsets_and_odd_columns(tmp
     data.to_parquet(tmp_path / "d.parquet")
     for formula in ("y ~ year + late + (1 | g)", "y ~ 0 + year + late + (1 | g)", "y ~ late + year + (1 + late | g)"):
         _same(mixedfx.fit(formula, str(tmp_path / "d.parquet"), engine="duckdb"), mixedfx.fit(formula, data), rel=1e-7)
+
+
+def test_saved_reductions_print_the_same_tables(exam_files, tmp_path):
+    exam, files = exam_files
+    for formula in ("gcse ~ lrt_groupc + (1 + lrt_groupc | school)", "gcse ~ lrt_groupc + (1 | schgend/school)"):
+        reduced = reduce_duckdb(formula, files)
+        fresh = fit_reduced(reduced)
+        again = fit_reduced(load_reduced(reduced.save(tmp_path / "r.npz")))
+        assert str(again.summary()) == str(fresh.summary())
+        pd.testing.assert_frame_equal(again.re_table(), fresh.re_table())
+
+
+def test_loading_a_reduction_runs_nothing(tmp_path):
+    """A saved reduction is plain arrays and JSON: a pickle (which could run code) is refused unread."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.reduced"
+    path.write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(DataError, match="is not a saved mixedfx reduction"):
+        load_reduced(path)
+    assert not marker.exists()

@@ -1,20 +1,19 @@
 """From per-cluster sums to the engine's sufficient statistics, and the saved reduction.
 
-Every backend (:mod:`~mixedfx.data.reduce.duckdb`, :mod:`~mixedfx.data.reduce.chunks`)
+Every backend (:mod:`~mixedfx.data.reduce.sqlscan`, :mod:`~mixedfx.data.reduce.chunks`)
 produces :class:`ClusterSums`: for each cluster of the innermost factor, ``Z'Z``, ``Z'X~`` and
 ``Z'y~`` (all factors' random-effect columns ``Z``, standardised ``X~`` and ``y~``) and the
 labels of the outer levels it belongs to, plus the global ``X~'X~``, ``X~'y~``, ``y~'y~``.
 :func:`assemble` turns that into the engine's statistics and :func:`finish` into a
 :class:`ReducedData`, which keeps them with the model's metadata so that the reduction can
-be saved and refitted (ML or REML, other covariance structures) without the rows.
+be saved and refitted (ML or REML, other covariance structures) without the rows (see
+:mod:`mixedfx.data.reduce.reduced`).
 """
 
 from __future__ import annotations
 
-import pickle
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -22,11 +21,10 @@ import scipy.sparse as sp
 
 from ...engine.stats import Scaling, SufficientStats
 from ...errors import DataError, RankDeficiencyWarning
-from ...spec.formula import ParsedFormula
 from ..checks import aliased_columns, check_grouping_factor
-from ..design import ReBlock, ReTerm, check_covariance_keys, term_structure
 from ..levels import LevelLabels
 from .plan import ColumnPlan
+from .reduced import ReducedData
 
 
 @dataclass
@@ -45,71 +43,12 @@ class ClusterSums:
     ZW: np.ndarray | None = None  # (Q, p+1, C) holding ZX and Zy as views, when built so
 
 
-@dataclass
-class ReducedData:
-    """A model's data reduced to sufficient statistics; fit it with :func:`fit_reduced`."""
-
-    formula: ParsedFormula
-    plan: ColumnPlan
-    factors: list[str]  # grouping factors in engine order (most levels first)
-    levels: dict[str, object]  # level labels per factor
-    counts: dict[str, np.ndarray]  # observations per level
-    moments: dict[str, tuple[np.ndarray, np.ndarray]]  # means and SDs of each factor's random-effect columns
-    stats: SufficientStats  # standardised X and y; random-effect columns as in stats.column_transforms
-    scaling: Scaling
-    nobs: int
-    n_missing: int
-    dropped_fixed: list[str] = field(default_factory=list)
-    weighted: bool = False
-    weight_scale: float = 1.0  # the weights' geometric mean, divided out of the statistics
-
-    def blocks(self, covariance: dict[str, str] | None = None) -> list[ReBlock]:
-        """The grouping blocks (metadata, no rows) with the formula's or ``covariance``'s structures."""
-        check_covariance_keys(covariance, [(":".join(f), f) for _, f, *_ in self.plan.terms])
-        return make_blocks(self.plan, self.factors, self.levels, self.counts, self.moments, covariance)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the reduction to ``path`` (pickle); reload with :func:`load_reduced`."""
-        path = Path(path)
-        with open(path, "wb") as handle:
-            pickle.dump(self, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        return path
-
-
-def load_reduced(path: str | Path) -> ReducedData:
-    """Load a reduction saved with :meth:`ReducedData.save` (only load files you trust)."""
-    with open(path, "rb") as handle:
-        data = pickle.load(handle)
-    if not isinstance(data, ReducedData):
-        raise DataError(f"{str(path)!r} does not hold a mixedfx reduction.")
-    return data
-
-
 def _block_order(plan: ColumnPlan, keys: pd.DataFrame) -> list[str]:
     """Factor names, most levels first (the innermost factor first)."""
     names = list(dict.fromkeys(":".join(f) for _, f, *_ in plan.terms))
     if len(names) == 1:  # nothing to order (and no hash table over millions of cluster keys)
         return names
     return sorted(names, key=lambda n: -keys[n].nunique())
-
-
-def make_blocks(
-    plan: ColumnPlan, order: list[str], level_lists: dict, counts: dict, moments: dict, covariance: dict | None
-) -> list[ReBlock]:
-    """Metadata-only :class:`ReBlock` objects (no rows) in engine order."""
-    blocks = []
-    for name in order:
-        factor = next(f for _, f, *_ in plan.terms if ":".join(f) == name)
-        block = ReBlock(name, factor, None, level_lists[name], None, counts=counts[name], moments=moments[name])
-        start = 0
-        for expr, term_factor, kind, names, spec in plan.terms:
-            if term_factor != factor:
-                continue
-            structure = term_structure(kind, name, factor, len(names), covariance)
-            block.terms.append(ReTerm(expr, names, structure, slice(start, start + len(names)), spec))
-            start += len(names)
-        blocks.append(block)
-    return blocks
 
 
 def z_layout(plan: ColumnPlan) -> dict[str, list[int]]:

@@ -10,9 +10,11 @@ from ...engine.stats import Scaling
 from ...errors import DataError, OptionError
 from ...spec.formula import parse_formula
 from ..checks import complete_rows, weights_vector
+from ..columns import coded_as_categories
 from ..design import model_variables
-from .assemble import ClusterSums, ReducedData, finish, scaling_from_moments, standardised
+from .assemble import ClusterSums, finish, scaling_from_moments, standardised
 from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns, refuse_stateful
+from .reduced import ReducedData
 
 
 def _complete_chunk(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> pd.DataFrame:
@@ -112,14 +114,15 @@ def reduce_frame(
     """Reduce an in-memory DataFrame (in chunks), e.g. to save the reduction or refit cheaply."""
     parsed = parse_formula(formula)
     check_reducible(parsed)
+    variables = model_variables(parsed, list(data.columns))
+    coded = coded_as_categories(parsed, data.columns)
     levels = {
         c: sorted(data[c].dropna().unique().tolist())
-        for c in data.columns
-        if not pd.api.types.is_numeric_dtype(data[c]) and not pd.api.types.is_bool_dtype(data[c])
+        for c in variables
+        if c in coded or not (pd.api.types.is_numeric_dtype(data[c]) or pd.api.types.is_bool_dtype(data[c]))
     }
-    variables = model_variables(parsed, list(data.columns))
     prototype = data.dropna(subset=[v for v in variables if v in data.columns]).head(2000)
-    plan = plan_columns(parsed, prototype, {c: v for c, v in levels.items() if c in variables})
+    plan = plan_columns(parsed, prototype, levels)
     refuse_stateful(plan)
     chunks = [data.iloc[i : i + chunk_rows] for i in range(0, len(data), chunk_rows)]
     moments = [m for m in (_chunk_moments(plan, c, weights) for c in chunks) if m is not None]
@@ -138,12 +141,12 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
     parsed = parse_formula(formula)
     check_reducible(parsed)
     variables = model_variables(parsed, list(frame.columns))
+    coded = coded_as_categories(parsed, frame.columns)
     categorical = [
         c
         for c in variables
-        if c in frame.columns
-        and not pd.api.types.is_numeric_dtype(frame[c].dtype)
-        and not pd.api.types.is_bool_dtype(frame[c].dtype)
+        if c in coded
+        or not (pd.api.types.is_numeric_dtype(frame[c].dtype) or pd.api.types.is_bool_dtype(frame[c].dtype))
     ]
     uniques = dask.compute(*[frame[c].dropna().unique() for c in categorical])
     levels = {c: sorted(pd.Series(u).tolist()) for c, u in zip(categorical, uniques)}

@@ -20,10 +20,12 @@ from ...engine.stats import Scaling
 from ...errors import DataError, FormulaError, OptionError, suggest
 from ...spec.expressions import expression_variables
 from ...spec.formula import parse_formula
+from ..columns import coded_as_categories
 from ..design import model_variables
 from ..transforms import formula_context
-from .assemble import ClusterSums, ReducedData, finish, scaling_from_moments
+from .assemble import ClusterSums, finish, scaling_from_moments
 from .plan import ColumnPlan, check_reducible, model_columns, plan_columns, refuse_stateful
+from .reduced import ReducedData
 from .sql import (
     affine_sql,
     factor_key_sql,
@@ -186,7 +188,8 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     used = variables + ([weights] if weights else [])
     complete = _complete_rows_sql(used, types)
     w_scale = _check_values(con, src, complete, variables, types, weights)
-    categorical = [v for v in variables if not (is_numeric_type(types[v]) or "BOOLEAN" in types[v])]
+    coded = coded_as_categories(parsed, columns)
+    categorical = [v for v in variables if v in coded or not (is_numeric_type(types[v]) or "BOOLEAN" in types[v])]
     levels = {}
     for v in categorical:  # one pass per categorical variable: its levels
         rows = con.execute(f"SELECT DISTINCT {quote(v)} FROM {src} WHERE {complete} ORDER BY 1").fetchall()
