@@ -61,6 +61,8 @@ class MixedResults:
         self.display_scale = display_scale
         self.display_level = display_level
         self.stata_command: str | None = None
+        #: The data file the model was fitted to, if any (a report never overwrites it).
+        self.source: Path | None = None
 
     # ------------------------------------------------------------------ estimates
     @property
@@ -312,8 +314,9 @@ class MixedResults:
 
     def report(self, path, x: str | None = None, time: str | None = None, by: str | None = None, progress: bool = True):
         """Write a self-contained HTML report (tables, ICC, ranking, plots); see :mod:`mixedfx.present.report`."""
+        inputs = (self.source,) if self.source is not None else ()
         return report.write_report(
-            self.record, path, x=x, time=time, by=by, progress=progress, scale=self.display_scale
+            self.record, path, x=x, time=time, by=by, progress=progress, scale=self.display_scale, inputs=inputs
         )
 
     def _repr_html_(self) -> str:
@@ -402,8 +405,11 @@ def fit(
         return MixedResults(pipeline.fit_reduced(reduced, spec.reml, spec.covariance or None))
     frame = read_data(data)
     if not spec.residuals.is_trivial:
-        return MixedResults(fit_rside(spec, frame, weights, max_iterations))
-    return MixedResults(pipeline.fit_rows(spec, frame, weights, start, max_iterations))
+        result = MixedResults(fit_rside(spec, frame, weights, max_iterations))
+    else:
+        result = MixedResults(pipeline.fit_rows(spec, frame, weights, start, max_iterations))
+    result.source = None if isinstance(data, pd.DataFrame) else Path(data)
+    return result
 
 
 def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str, str] | None = None) -> MixedResults:

@@ -173,6 +173,7 @@ def write_report(
     title: str | None = None,
     progress: bool = True,
     scale: str = "var",
+    inputs: tuple = (),
 ) -> Path:
     """Write the self-contained HTML report of ``fit`` to ``path``.
 
@@ -180,7 +181,7 @@ def write_report(
     random slope), ``time`` an occasion variable for the residual autocorrelation section,
     ``by`` a covariate to panel trajectories by.
     """
-    path = check_output_path(path)
+    path = check_output_path(path, inputs)
     html = build_report(fit, x=x, time=time, by=by, title=title, progress=progress, scale=scale)
     path.write_text(html, encoding="utf-8")
     return path

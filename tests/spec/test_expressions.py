@@ -143,3 +143,11 @@ def test_quote_name_refuses_backticks():
     assert quote_name("a.b") == "`a.b`"
     with pytest.raises(FormulaError, match="backtick"):
         quote_name("a`b")
+
+
+def test_python_report_refuses_to_overwrite_its_data_file(tmp_path):
+    source = tmp_path / "sleep.csv"
+    mixedfx.datasets.load_sleepstudy().to_csv(source, index=False)
+    fit = mixedfx.fit("Reaction ~ Days + (1 | Subject)", str(source))
+    with pytest.raises(DataError, match="is the input data file"):
+        fit.report(source, progress=False)
