@@ -5,9 +5,10 @@ Residual autocorrelation (the lecture's ``autocor`` table).
 Given residuals, an occasion (time) variable and a cluster variable, the occasion-by-
 occasion correlation matrix pairs the residuals of the same cluster at occasions s and t
 (pairwise complete: clusters missing either occasion are left out of that pair), and the
-autocorrelation by lag k averages over all within-cluster pairs k occasions apart (ranked
-order of the observed occasions within each cluster), each pair standardised by the
-overall residual SD.
+autocorrelation at lag k is the Pearson correlation of all within-cluster pairs of residuals
+k occasions apart (occasion s with occasion s + k, pooled over s), as the lecture's
+``autocor``: at the largest lag there is one pair of occasions, and the autocorrelation is
+that entry of the matrix.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ def autocorrelation(residuals, time, group, max_lag: int | None = None) -> Autoc
 
     ``residuals``, ``time`` and ``group`` are equal-length sequences (e.g. columns of the
     data, or ``fit.residuals()`` with the data's occasion and id columns).  Occasions are
-    the distinct values of ``time``; the lag of a pair is its distance in the cluster's
-    own ordering of occasions.
+    the distinct values of ``time``; the lag of a pair is its distance in that ordering.
     """
     frame = pd.DataFrame({"r": np.asarray(residuals, dtype=float), "t": np.asarray(time), "g": np.asarray(group)})
     if len(frame) == 0:
@@ -49,24 +49,18 @@ def autocorrelation(residuals, time, group, max_lag: int | None = None) -> Autoc
     matrix = wide.corr(min_periods=3)
     matrix.index = [f"time{t}" if _is_number(t) else str(t) for t in matrix.index]
     matrix.columns = matrix.index
-    frame = frame.sort_values(["g", "t"])
-    frame["order"] = frame.groupby("g").cumcount()
-    sd = frame["r"].std(ddof=0)
-    centred = (frame["r"] - frame["r"].mean()) / sd
-    frame["z"] = centred
     rows = []
-    longest = int(frame["order"].max())
-    max_lag = longest if max_lag is None else min(max_lag, longest)
-    by_cluster = frame.set_index(["g", "order"])["z"]
+    n_occasions = wide.shape[1]
+    max_lag = n_occasions - 1 if max_lag is None else min(max_lag, n_occasions - 1)
+    values = wide.to_numpy()
     for lag in range(1, max_lag + 1):
-        later = by_cluster.copy()
-        later.index = pd.MultiIndex.from_arrays(
-            [later.index.get_level_values(0), later.index.get_level_values(1) - lag]
-        )
-        pairs = pd.concat([by_cluster.rename("a"), later.rename("b")], axis=1, join="inner")
-        if len(pairs) < 2:
+        a = values[:, :-lag].ravel()
+        b = values[:, lag:].ravel()
+        both = np.isfinite(a) & np.isfinite(b)
+        if both.sum() < 3:
             break
-        rows.append({"lag": lag, "acf": float((pairs["a"] * pairs["b"]).mean()), "pairs": len(pairs)})
+        acf = float(np.corrcoef(a[both], b[both])[0, 1])
+        rows.append({"lag": lag, "acf": acf, "pairs": int(both.sum())})
     return Autocorrelation(matrix=matrix, acf=pd.DataFrame(rows).set_index("lag"))
 
 

@@ -31,7 +31,21 @@ def test_unbalanced_clusters_use_pairwise_occasions():
     assert ac.matrix.shape == (5, 5)
     np.testing.assert_allclose(np.diag(ac.matrix), 1.0)
     assert (ac.matrix.loc["time1", "time2":"time4"] > 0).all()  # marginal residuals share the child effect
-    assert ac.acf["pairs"].iloc[0] == (asian.groupby("id").size() - 1).sum()
+    wide = fit.design.data.pivot_table(index="id", columns="occ", values="weight", aggfunc="first").notna()
+    assert ac.acf["pairs"].iloc[0] == int((wide.to_numpy()[:, :-1] & wide.to_numpy()[:, 1:]).sum())
+
+
+def test_the_last_lag_is_its_single_pair_of_occasions():
+    """As the lecture's autocor: its last lag (.2059693) is the matrix entry of time1 and time4 (.2060)."""
+    rng = np.random.default_rng(4)
+    n = 60
+    e = rng.multivariate_normal(np.zeros(4), 0.5 * np.eye(4) + 0.5, size=n)
+    keep = rng.random((n, 4)) < 0.8  # unbalanced: some visits missing
+    ids, times = np.nonzero(keep)
+    ac = mixedfx.autocorrelation(e[ids, times], times + 1, ids)
+    assert ac.acf["acf"].iloc[-1] == pytest.approx(ac.matrix.loc["time1", "time4"], abs=1e-12)
+    a, b = e[:, :-1][keep[:, :-1] & keep[:, 1:]], e[:, 1:][keep[:, :-1] & keep[:, 1:]]
+    assert ac.acf["acf"].iloc[0] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-12)
 
 
 def test_needs_two_occasions():
