@@ -107,7 +107,7 @@ class FitRecord:
     def __post_init__(self) -> None:
         self.theta_engine = np.asarray(self.optimum.theta, dtype=float)
         self.light = self.deviance.light_solution(self.theta_engine)
-        self.loglik = -0.5 * self.deviance_to_original_scale(self.light.deviance)
+        self.loglik = float(-0.5 * self.deviance_to_original_scale(self.light.deviance))
         self.sigma = float(np.sqrt(self.light.sigma2 * self.weight_scale) * self.scaling.y_scale)
         names = self.design.fixed_names
         self.fixef = pd.Series(self.scaling.beta(self.light.beta), index=names, name="estimate")
@@ -180,12 +180,12 @@ class FitRecord:
     @property
     def aic(self) -> float:
         """Akaike information criterion ``-2 loglik + 2 k`` (on the REML criterion for REML fits)."""
-        return -2.0 * self.loglik + 2.0 * self.n_params
+        return float(-2.0 * self.loglik + 2.0 * self.n_params)
 
     @property
     def bic(self) -> float:
         """Bayesian information criterion ``-2 loglik + k log(n)``."""
-        return -2.0 * self.loglik + np.log(self.nobs) * self.n_params
+        return float(-2.0 * self.loglik + np.log(self.nobs) * self.n_params)
 
     @property
     def minus_two_loglik(self) -> float:

@@ -22,6 +22,9 @@ class LRTest:
     kind: str  # "chibar2(01)" or "chi2"
     label: str = "LR test vs. linear model"
 
+    def __post_init__(self) -> None:
+        self.statistic, self.df, self.pvalue = float(self.statistic), int(self.df), float(self.pvalue)
+
     def describe(self) -> str:
         """One line as Stata prints it."""
         if self.kind == "chibar2(01)":

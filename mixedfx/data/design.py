@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..engine.covariance import BlockLayout, CovStructure
 from ..engine.stats import column_moments
-from ..errors import DataError, OptionError, suggest
+from ..errors import DataError, FormulaError, OptionError, suggest
 from ..spec.formula import ParsedFormula
 from ..spec.structures import canonical_structure
 from .checks import (
@@ -158,6 +158,16 @@ def check_covariance_keys(covariance: dict | None, factors: list[tuple[str, tupl
             )
 
 
+def check_distinct_effects(block: ReBlock) -> None:
+    """Refuse a random effect that two terms of one grouping factor both contain (``(1|g) + (1|g)``)."""
+    repeated = sorted({n for n in block.names if block.names.count(n) > 1})
+    if repeated:
+        raise FormulaError(
+            f"The random effect {repeated[0]!r} of {block.name!r} appears in more than one term: "
+            "its variance would be counted twice; keep one term per effect."
+        )
+
+
 def _build_blocks(
     parsed: ParsedFormula, data: pd.DataFrame, nobs: int, covariance: dict[str, str] | None
 ) -> list[ReBlock]:
@@ -177,6 +187,7 @@ def _build_blocks(
         block.terms.append(ReTerm(term.expr, names, structure, slice(start, start + Z.shape[1]), spec))
     ordered = sorted(blocks.values(), key=lambda b: -b.n_levels)  # lme4's order: most levels first
     for block in ordered:
+        check_distinct_effects(block)
         check_grouping_factor(block.name, block.n_levels, block.q, block.names, nobs)
     return ordered
 

@@ -48,13 +48,18 @@ def _variance_covariate(spec: ResidualSpec, data: pd.DataFrame) -> np.ndarray | 
     return values
 
 
-def _check_times(spec: ResidualSpec, clusters: np.ndarray, time: np.ndarray) -> None:
+def _check_times(spec: ResidualSpec, data: pd.DataFrame, clusters: np.ndarray, time: np.ndarray, name: str) -> None:
     if spec.kind not in ("independent", "exchangeable"):
-        pairs = np.column_stack([clusters.astype(float), time])
-        if len(np.unique(pairs, axis=0)) < len(pairs):
+        repeated = pd.DataFrame({"c": clusters, "t": time}).duplicated(keep=False).to_numpy()
+        if repeated.any():
+            first = np.flatnonzero(repeated)[0]
+            rows = np.flatnonzero(repeated & (clusters == clusters[first]) & (time == time[first]))
+            label = data[name].iloc[first] if name in data.columns else clusters[first]
+            label = label.item() if isinstance(label, np.generic) else label
             raise DataError(
-                f"Two observations of one cluster share the same time value of {spec.time or 'position'!r}; "
-                "a correlation structure over time needs distinct times within each cluster."
+                f"Cluster {label!r} of {name!r} has two observations at the same {spec.time or 'position'} "
+                f"({time[first]:g}; rows {', '.join(repr(r) for r in data.index[rows])}): a correlation structure "
+                "over time needs distinct times within each cluster. Drop or correct the duplicate."
             )
     if spec.kind in ("ar1", "ma1", "toeplitz", "banded") and np.any(time != np.round(time)):
         raise DataError(f"{spec.kind} needs integer occasions in t(); use 'exponential, t(...)' for continuous time.")
@@ -67,9 +72,12 @@ def _check_times(spec: ResidualSpec, clusters: np.ndarray, time: np.ndarray) -> 
             )
 
 
-def residual_structure(spec: ResidualSpec, data: pd.DataFrame, clusters: np.ndarray, n_clusters: int) -> RStructure:
-    """The residual structure ``spec`` on the estimation rows ``data`` grouped by ``clusters``."""
+def residual_structure(
+    spec: ResidualSpec, data: pd.DataFrame, clusters: np.ndarray, n_clusters: int, cluster_name: str = "cluster"
+) -> RStructure:
+    """The residual structure ``spec`` on the estimation rows ``data`` grouped by ``clusters``
+    (the levels of ``cluster_name``)."""
     time = _time(spec, data, clusters)
-    _check_times(spec, clusters, time)
+    _check_times(spec, data, clusters, time, cluster_name)
     by_codes, by_levels = _by(spec, data, len(clusters))
     return RStructure(spec, time, by_codes, by_levels, _variance_covariate(spec, data), clusters, n_clusters)

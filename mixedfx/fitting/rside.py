@@ -54,7 +54,7 @@ def rside_model(design: Design, spec: ModelSpec) -> tuple[RSideModel, str, objec
     Xs, ys, scaling = standardise(design.X, design.y)
     transforms = [b.standardising_transform() for b in design.blocks]
     Z = design.blocks[0].Z @ transforms[0] if design.blocks else np.zeros((len(ys), 0))
-    structure = residual_structure(spec.residuals, design.data, clusters, m)
+    structure = residual_structure(spec.residuals, design.data, clusters, m, cluster_name)
     batches = ClusterBatches(clusters, m, structure.time)
     layouts = [b.layout for b in design.blocks] or [BlockLayout()]  # no random effects: q = 0
     model = RSideModel(

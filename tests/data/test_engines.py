@@ -165,3 +165,9 @@ def test_csv_missing_values_read_alike(tmp_path):
     duck = mixedfx.fit("y ~ x + (1 | g)", str(path), engine="duckdb")
     assert memory.n_missing == duck.n_missing == 3
     np.testing.assert_allclose(duck.fixef.to_numpy(), memory.fixef.to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_random_effect_in_two_terms_is_refused(engine, tmp_path):
+    with pytest.raises(FormulaError, match="appears in more than one term"):
+        _fit(engine, "y ~ x + (1 | g) + (1 + x | g)", _data(), tmp_path)

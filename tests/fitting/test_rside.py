@@ -315,3 +315,11 @@ def test_marginal_structures_match_nlme_gls(sleepstudy, name, method):
         labels = fit.rside.labels
         corr = [v for v, label in zip(natural, labels) if label.startswith("corr")]
         np.testing.assert_allclose(sorted(corr), sorted(ref["corr"]), rtol=2e-3, atol=1e-3)
+
+
+def test_a_duplicated_visit_names_its_cluster_and_rows():
+    asian = mixedfx.datasets.load_asian()  # child 4326 was weighed twice at the same age
+    with pytest.raises(DataError, match=r"Cluster 4326 of 'id' has two observations at the same age .*rows 1323, 1324"):
+        mixedfx.fit("weight ~ age + (1 | id)", asian, residuals="exponential, t(age)")
+    fit = mixedfx.fit("weight ~ age + (1 | id)", asian.drop_duplicates(["id", "age"]), residuals="exponential, t(age)")
+    assert fit.converged

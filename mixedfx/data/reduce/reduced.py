@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from ...engine.stats import Scaling, SufficientStats
 from ...errors import DataError
 from ...spec.formula import ParsedFormula, parse_formula
-from ..design import ReBlock, ReTerm, check_covariance_keys, term_structure
+from ..design import ReBlock, ReTerm, check_covariance_keys, check_distinct_effects, term_structure
 from ..levels import LevelLabels
 from .plan import ColumnPlan, plan_columns
 
@@ -79,6 +79,7 @@ def make_blocks(
             structure = term_structure(kind, name, factor, len(names), covariance)
             block.terms.append(ReTerm(expr, names, structure, slice(start, start + len(names)), spec))
             start += len(names)
+        check_distinct_effects(block)
         blocks.append(block)
     return blocks
 
