@@ -248,7 +248,7 @@ def test_data_and_option_errors(sleepstudy, tmp_path):
     with pytest.raises(DataError, match="integer occasions"):
         mixedfx.fit("Reaction ~ Days + (1 | Subject)", noisy, residuals="ar1, t(t)")
     dup = sleepstudy.assign(t=sleepstudy["Days"] // 2)
-    with pytest.raises(DataError, match="share the same time"):
+    with pytest.raises(DataError, match="two observations at the same"):
         mixedfx.fit("Reaction ~ Days + (1 | Subject)", dup, residuals="ar1, t(t)")
     with pytest.raises(OptionError, match="weights"):
         mixedfx.fit("Reaction ~ Days + (1 | Subject)", sleepstudy, residuals="ar1", weights=np.ones(180))
