@@ -16,6 +16,7 @@ import pandas as pd
 from .analysis import intervals, marginal, prediction, ranef, ranking, robust, varcomp, wald
 from .analysis import lrtest as lrtests
 from .analysis.lrtest import LRTest
+from .data.conditions import evaluate_condition
 from .data.io import read_data
 from .data.reduce.chunks import reduce_dask
 from .data.reduce.reduced import ReducedData
@@ -27,7 +28,7 @@ from .present import html, report, serialize, text
 from .results import FitRecord
 from .spec.model import model_spec
 from .spec.options import check_engine, is_reml
-from .spec.stata import parse_mixed
+from .spec.stata import parse_mixed, parse_range, stata_coefficient_name
 
 
 class Summary(str):
@@ -61,6 +62,11 @@ class MixedResults:
         self.display_scale = display_scale
         self.display_level = display_level
         self.stata_command: str | None = None
+        #: Standard errors and degrees of freedom printed by default (Stata's vce() and dfmethod()).
+        self.display_vce: str = "model"
+        self.display_dfmethod: str | None = None
+        #: The level of predictions by default: "subject" (lme4) or "population" (Stata's xb).
+        self.default_prediction: str = "subject"
         #: The data file the model was fitted to, if any (a report never overwrites it).
         self.source: Path | None = None
 
@@ -212,10 +218,13 @@ class MixedResults:
         """Cluster-specific coefficients ``beta + b_j`` per grouping factor (lme4's ``coef()``)."""
         return ranef.coef_by_group(self.record)
 
-    def predict(self, data: pd.DataFrame | None = None, level: str = "subject", **options: object) -> pd.DataFrame:
+    def predict(self, data: pd.DataFrame | None = None, level: str | None = None, **options: object) -> pd.DataFrame:
         """Population (``level="population"``, Stata xb) or subject-specific predictions (see
-        :func:`mixedfx.analysis.prediction.predict` for ``interval``, ``conf_level`` and ``strict``)."""
-        return prediction.predict(self.record, data, level=level, **options)
+        :func:`mixedfx.analysis.prediction.predict` for ``interval``, ``conf_level`` and ``strict``).
+
+        The default is subject-specific (lme4's), or xb for a model fitted with :func:`mixed` (Stata's).
+        """
+        return prediction.predict(self.record, data, level=level or self.default_prediction, **options)
 
     def fitted(self, level: str = "subject") -> pd.Series:
         """Fitted values on the estimation rows."""
@@ -298,7 +307,7 @@ class MixedResults:
 
     # ------------------------------------------------------------------ presentation
     def summary(
-        self, level: float | None = None, scale: str | None = None, dfmethod: str | None = None, vce: str = "model"
+        self, level: float | None = None, scale: str | None = None, dfmethod: str | None = None, vce: str | None = None
     ) -> Summary:
         """Stata-style summary: header, fixed effects, random-effects parameters, LR test.
 
@@ -306,6 +315,8 @@ class MixedResults:
         ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for cluster-robust SEs.
         """
         level = self.display_level if level is None else level
+        dfmethod = self.display_dfmethod if dfmethod is None else dfmethod
+        vce = self.display_vce if vce is None else vce
         return Summary(text.summary_text(self.record, level, scale or self.display_scale, dfmethod, vce))
 
     def to_dict(self, ranef: bool = False, dfmethod: str | None = None) -> dict:
@@ -418,23 +429,39 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
 
 
 def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) -> MixedResults:
-    """Fit a model written in Stata's ``mixed`` syntax; printing the result follows its options.
+    """Fit a model written in Stata's ``mixed`` syntax, as Stata would.
+
+    ``if`` and ``in`` select rows, ``ib#.``/``ib(last).`` set base levels, coefficients carry
+    Stata's names (``2.schgend``, ``c.lrt#2.schgend``), printing follows the command's options
+    (``variance``/``stddev``, ``level()``, ``vce(robust)``, ``dfmethod()``), and ``predict``
+    defaults to the fixed part (Stata's ``xb``).
 
     >>> fit = mixed("weight age_c age_sp girl age_c_girl age_sp_girl || id:, variance", asian)
     """
-    spec = parse_mixed(command)
+    frame = read_data(data)
+    spec = parse_mixed(command, levels_of=lambda var: sorted(frame[var].dropna().unique()) if var in frame else [])
+    source = None if isinstance(data, pd.DataFrame) else Path(data)
+    if spec["in"] is not None:
+        frame = frame.iloc[parse_range(spec["in"], len(frame))]
+    if spec["if"] is not None:
+        frame = frame.loc[evaluate_condition(spec["if"], frame)]
     result = fit(
         spec["formula"],
-        data,
+        frame,
         method=spec["method"],
         covariance=spec["covariance"],
         residuals=spec["residuals"],
         group=spec["group"],
         **fit_options,
     )
+    result.record.relabel(
+        {name: stata_coefficient_name(name) for name in result.design.fixed_names if name != "(Intercept)"}
+    )
     result.display_scale = spec["scale"]
     result.display_level = spec["level"]
-    result.stata_command = command
+    result.display_vce, result.display_dfmethod = spec["vce"], spec["dfmethod"]
+    result.default_prediction = "population"
+    result.stata_command, result.source = command, source
     return result
 
 

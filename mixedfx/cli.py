@@ -15,9 +15,11 @@ import warnings
 from pathlib import Path
 
 from . import __version__, datasets
-from .api import fit
+from .api import compare as mixedfx_compare
+from .api import fit, mixed
 from .data.io import check_output_path, read_data
 from .errors import DataError, MixedFXError, suggest
+from .present import text
 from .spec.options import confidence_level
 
 
@@ -57,6 +59,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--dfmethod", choices=["satterthwaite", "kroger"], help="t tests with Satterthwaite or Kenward-Roger df"
     )
     fit.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    stata = sub.add_parser("stata", help="fit a model written as a Stata mixed command, optionally with estat")
+    stata.add_argument("data", help="data file (.dta, .csv, .tsv, .parquet) or bundled data set name")
+    stata.add_argument("stata_command", metavar="COMMAND", help="e.g. 'mixed gcse lrt || school: lrt, cov(uns) reml'")
+    stata.add_argument(
+        "--estat",
+        action="append",
+        default=[],
+        choices=list(ESTAT),
+        help="after the fit, as Stata's estat: icc, wcorrelation, recovariance, group, ic (repeatable)",
+    )
+    stata.add_argument("--cluster", help="with --estat wcorrelation: the cluster to show (default: the first)")
+    stata.add_argument("--json", action="store_true", help="print one JSON object instead of the text output")
+    stata.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     rep = sub.add_parser("report", help="fit a model and write a self-contained HTML report")
     rep.add_argument("data", help="data file (.csv, .tsv, .dta, .parquet) or bundled data set name")
     rep.add_argument("formula", help="lme4 formula")
@@ -84,6 +99,40 @@ def _run_report(args: argparse.Namespace) -> int:
         print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     path = result.report(args.output, x=args.x, time=args.time, by=args.by)
     print(f"report written to {path}", file=sys.stderr)
+    return 0
+
+
+#: Stata's estat subcommands: their text output (``cluster``: wcorrelation's cluster).
+ESTAT = {
+    "icc": lambda result, cluster: text.icc_text(result.record, result.display_level),
+    "wcorrelation": lambda result, cluster: text.matrix_text(
+        "Within-cluster correlation", result.wcorrelation(cluster=cluster)
+    ),
+    "recovariance": lambda result, cluster: "\n\n".join(
+        text.matrix_text(f"Random-effects covariance matrix for level {name}", G) for name, G in result.G.items()
+    ),
+    "group": lambda result, cluster: text.group_text(result.record),
+    "ic": lambda result, cluster: mixedfx_compare(result).to_string(),
+}
+
+
+def _run_stata(args: argparse.Namespace) -> int:
+    data = _load(args.data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = mixed(args.stata_command, data)
+    for w in caught:
+        print(f"mixedfx: warning: {one_line(w.message)}", file=sys.stderr)
+    if args.json:
+        out = result.to_dict()
+        for name in args.estat:
+            out.setdefault("estat", {})[name] = ESTAT[name](result, args.cluster)
+        print(json.dumps(out, indent=2))
+        return 0
+    print(result.summary())
+    for name in args.estat:
+        print(f"\n. estat {name}\n")
+        print(ESTAT[name](result, args.cluster))
     return 0
 
 
@@ -137,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mixedfx`` command; returns the exit status (2 for any error)."""
     args = _build_parser().parse_args(argv)
     try:
-        return _run_report(args) if args.command == "report" else _run_fit(args)
+        runner = {"report": _run_report, "stata": _run_stata, "fit": _run_fit}[args.command]
+        return runner(args)
     except MixedFXError as exc:
         if args.debug:
             raise

@@ -78,7 +78,8 @@ class FitRecord:
     evaluator the optimiser minimised, on standardised data), ``scaling`` (back to the data's
     scale), ``optimum`` (the optimiser's report), ``reml``, ``rside`` (the residual structure,
     or None), ``weight_scale`` (the mean weight the engine divided out: sigma is reported for
-    the user's weights), ``notes`` (weakly identified terms, printed with the summary) and
+    the user's weights), ``notes`` (weakly identified terms, printed with the summary),
+    ``labels`` (names for the fixed effects other than the design's, e.g. Stata's ``2.schgend``) and
     ``cache`` (analyses memoised by the analysis layer: BLUPs, the variance components'
     covariance; keyed by name).
 
@@ -95,6 +96,7 @@ class FitRecord:
     rside: RSideFit | None = None
     weight_scale: float = 1.0
     notes: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
     cache: dict = field(default_factory=dict, repr=False)
     theta_engine: np.ndarray = field(init=False)
     light: Solution = field(init=False, repr=False)
@@ -109,11 +111,20 @@ class FitRecord:
         self.light = self.deviance.light_solution(self.theta_engine)
         self.loglik = float(-0.5 * self.deviance_to_original_scale(self.light.deviance))
         self.sigma = float(np.sqrt(self.light.sigma2 * self.weight_scale) * self.scaling.y_scale)
-        names = self.design.fixed_names
+        names = [self.labels.get(n, n) for n in self.design.fixed_names]
         self.fixef = pd.Series(self.scaling.beta(self.light.beta), index=names, name="estimate")
         cov_tilde = self.light.sigma2 * inverse_from_lower(self.light.RX)
         self.vcov = pd.DataFrame(self.scaling.beta_cov(cov_tilde), index=names, columns=names)
         self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
+
+    def relabel(self, labels: dict[str, str]) -> None:
+        """Name the fixed effects ``labels[name]`` (e.g. Stata's ``2.schgend``) in every table from now on."""
+        self.labels = dict(labels)
+        names = [self.labels.get(n, n) for n in self.design.fixed_names]
+        self.fixef.index = names
+        self.se.index = names
+        self.vcov.index = self.vcov.columns = names
+        self.cache.clear()
 
     # ------------------------------------------------------------------ identity
     @property

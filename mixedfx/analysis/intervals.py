@@ -26,7 +26,7 @@ from ..errors import OptionError
 from ..fitting.pipeline import refit
 from ..results import FitRecord
 from ..spec.options import confidence_level, two_sided_quantile
-from .varcomp import VarianceParameterisation, phi_covariance, varcomp_table
+from .varcomp import VarianceParameterisation, phi_covariance, varcomp_rows, varcomp_table
 
 
 def _profile_variance(result: FitRecord, level: float) -> list[dict]:
@@ -35,8 +35,8 @@ def _profile_variance(result: FitRecord, level: float) -> list[dict]:
     phi_hat = param.phi_hat
     dev_min = result.minus_two_loglik
     crit = st.chi2.ppf(confidence_level(level), 1)
-    labels = varcomp_table(result, level, scale="sd")["parameter"].tolist()
-    order = _phi_order(param)
+    table = varcomp_rows(result, level, scale="sd")
+    labels, order = table["parameter"].tolist(), [int(k) for k in table["phi"]]
     rows = []
     for label, k in zip(labels, order):
         se = np.sqrt(cov[k, k]) if np.isfinite(cov[k, k]) else 0.5
@@ -54,15 +54,9 @@ def _profile_variance(result: FitRecord, level: float) -> list[dict]:
     return rows
 
 
-def _phi_order(param: VarianceParameterisation) -> list[int]:
-    """Indices of phi in the row order of :func:`varcomp_table` (SDs, then correlations, residual last)."""
-    order = []
-    for _structure, where, labels in param.terms:
-        idx = list(range(where.start, where.stop))
-        order += [i for i, lab in zip(idx, labels) if lab[0] == "lsd"]
-        order += [i for i, lab in zip(idx, labels) if lab[0] == "z"]
-    order.append(len(param.phi_hat) - 1)
-    return order
+def _phi_order(result: FitRecord) -> list[int]:
+    """Indices of phi in the row order of :func:`varcomp_table` (Stata's order, residual last)."""
+    return [int(k) for k in varcomp_rows(result, scale="sd")["phi"]]
 
 
 def _profiled_deviance(param: VarianceParameterisation, phi_hat: np.ndarray, k: int, value: float) -> float:
@@ -189,4 +183,4 @@ def _sd_estimates(result: FitRecord) -> np.ndarray:
     """SDs and correlations in the order of ``re_table(scale='sd')``, without their SEs."""
     param = VarianceParameterisation(result)
     phi = param.phi_hat
-    return np.array([np.exp(phi[k]) if param.infos[k].kind == "lsd" else np.tanh(phi[k]) for k in _phi_order(param)])
+    return np.array([np.exp(phi[k]) if param.infos[k].kind == "lsd" else np.tanh(phi[k]) for k in _phi_order(result)])

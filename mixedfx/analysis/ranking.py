@@ -27,9 +27,8 @@ def shrinkage(result: FitRecord, group: str | None = None, min_size: int = 1) ->
     block = _block(result, group)
     fixef = result.fixef
     terms = block.names
-    other = [n for n in fixef.index if n not in terms]
-    X = pd.DataFrame(result.design.X, columns=result.design.fixed_names)
-    offset = X[other].to_numpy() @ fixef[other].to_numpy() if other else 0.0
+    other = np.array([n not in terms for n in fixef.index])  # by position: labels may differ from names
+    offset = result.design.X[:, other] @ fixef.to_numpy()[other] if other.any() else 0.0
     y = result.design.y - offset
     eb = coef_by_group(result)[block.name]
     rows = []

@@ -27,6 +27,7 @@ from ..errors import OptionError
 from ..results import FitRecord
 from ..spec.options import two_sided_quantile
 from ..spec.residuals import TITLES
+from ..spec.structures import TITLES as STRUCTURE_TITLES
 
 #: Step (on the log-SD / atanh scale) of the central differences for the Hessian.
 HESSIAN_STEP = 1e-4
@@ -188,12 +189,8 @@ def _label(name: str) -> str:
     return "_cons" if name == "(Intercept)" else name
 
 
-def varcomp_table(result: FitRecord, level: float = 95, scale: str = "var") -> pd.DataFrame:
-    """Random-effects parameters with SEs and CIs, as Stata's ``mixed`` prints them.
-
-    ``scale="var"`` reports variances and covariances, ``scale="sd"`` (Stata's ``stddev``)
-    SDs and correlations.  Columns: group, structure, parameter, estimate, se, lower, upper.
-    """
+def varcomp_rows(result: FitRecord, level: float = 95, scale: str = "var") -> pd.DataFrame:
+    """:func:`varcomp_table` and a column ``phi``: each row's position in phi (None for R-side rows)."""
     if scale not in ("var", "sd"):
         raise OptionError(f"scale must be 'var' or 'sd', not {scale!r}.")
     param, cov = phi_covariance(result)
@@ -206,36 +203,53 @@ def varcomp_table(result: FitRecord, level: float = 95, scale: str = "var") -> p
     for b, block in enumerate(blocks):
         for t, term in enumerate(block.terms):
             names = block.names[term.columns]
-            title = "Identity" if term.structure.q == 1 else term.structure.kind.capitalize()
+            title = STRUCTURE_TITLES["identity" if term.structure.q == 1 else term.structure.kind]
             q = term.structure.q
-            shared = term.structure.kind in ("identity", "exchangeable")
-            for i in range(q):
-                n = position[(b, t, "lsd", 0 if shared else i, 0 if shared else i)]
-                rows.append(_sd_row(block.name, title, names[i], phi[n], se_phi[n], z, scale))
-                if shared and q > 1:
-                    rows[-1]["parameter"] = (
-                        f"{'var' if scale == 'var' else 'sd'}({_label(names[0])}..{_label(names[-1])})"
+            if term.structure.kind in ("identity", "exchangeable"):  # one SD (and one correlation) for all
+                n = position[(b, t, "lsd", 0, 0)]
+                rows.append(_sd_row(block.name, title, names[0], phi[n], se_phi[n], z, scale) | {"phi": n})
+                if q > 1:
+                    rows[-1]["parameter"] = f"{scale}({_label(names[0])}..{_label(names[-1])})"
+                if term.structure.kind == "exchangeable" and q > 1:
+                    k = position[(b, t, "z", 1, 0)]
+                    rows.append(
+                        _corr_row(block.name, title, names[0], names[1], phi, cov, k, n, n, z, scale) | {"phi": k}
                     )
-                    break
-            if term.structure.kind in ("unstructured", "exchangeable") and q > 1:
-                for j in range(q):
-                    for i in range(j + 1, q):
-                        key = (b, t, "z", 1, 0) if shared else (b, t, "z", i, j)
-                        n = position[key]
-                        ni = position[(b, t, "lsd", 0 if shared else i, 0 if shared else i)]
-                        nj = position[(b, t, "lsd", 0 if shared else j, 0 if shared else j)]
-                        rows.append(_corr_row(block.name, title, names[j], names[i], phi, cov, n, ni, nj, z, scale))
-                        if shared:
-                            break
-                    if shared:
-                        break
+                continue
+            # Stata's order: slopes first, the intercept last; correlations in that order.
+            order = [k for k in range(q) if names[k] != "(Intercept)"] + [
+                k for k in range(q) if names[k] == "(Intercept)"
+            ]
+            for i in order:
+                n = position[(b, t, "lsd", i, i)]
+                rows.append(_sd_row(block.name, title, names[i], phi[n], se_phi[n], z, scale) | {"phi": n})
+            if term.structure.kind == "unstructured":
+                for a_pos, i in enumerate(order):
+                    for j in order[a_pos + 1 :]:
+                        n = position[(b, t, "z", max(i, j), min(i, j))]
+                        ni, nj = position[(b, t, "lsd", i, i)], position[(b, t, "lsd", j, j)]
+                        row = _corr_row(block.name, title, names[j], names[i], phi, cov, n, ni, nj, z, scale)
+                        rows.append(row | {"phi": n})
     n = len(phi) - 1
     rside = result.rside
     title = _rside_title(rside) if rside is not None else ""
     if rside is not None:
         rows += _rside_rows(rside, param.r_cov, z, title)
-    rows.append(_sd_row("Residual", title, "Residual", phi[n], se_phi[n], z, scale))
-    return pd.DataFrame(rows, columns=["group", "structure", "parameter", "estimate", "se", "lower", "upper"])
+    rows.append(_sd_row("Residual", title, "Residual", phi[n], se_phi[n], z, scale) | {"phi": n})
+    return pd.DataFrame(rows, columns=VARCOMP_COLUMNS + ["phi"])
+
+
+VARCOMP_COLUMNS = ["group", "structure", "parameter", "estimate", "se", "lower", "upper"]
+
+
+def varcomp_table(result: FitRecord, level: float = 95, scale: str = "var") -> pd.DataFrame:
+    """Random-effects parameters with SEs and CIs, as Stata's ``mixed`` prints them.
+
+    ``scale="var"`` reports variances and covariances, ``scale="sd"`` (Stata's ``stddev``)
+    SDs and correlations, in Stata's order (a term's slopes, then its intercept, then the
+    correlations).  Columns: group, structure, parameter, estimate, se, lower, upper.
+    """
+    return varcomp_rows(result, level, scale)[VARCOMP_COLUMNS]
 
 
 def _rside_title(rside) -> str:

@@ -7,24 +7,52 @@ random-effects parameters with SEs and CIs, and the LR test against linear regre
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..analysis.lrtest import lr_test_vs_linear
-from ..analysis.varcomp import varcomp_table
+from ..analysis.varcomp import icc, varcomp_table
 from ..analysis.wald import coef_table, wald_chi2
 from ..results import FitRecord
 from ..spec.options import confidence_level
 
 
-def _num(x: float, width: int = 10) -> str:
-    """A number in ``width`` characters with up to 7 significant digits (Stata's %10.0g feel)."""
+def stata_number(x: float, digits: int = 7, width: int = 8) -> str:
+    """A number as Stata's ``%9.0g`` writes it: up to ``digits`` significant digits in ``width``
+    characters besides the sign, without the leading zero (``.5529766``, ``.0190615``,
+    ``-.1599923``); ``.`` for missing."""
     if x is None or not np.isfinite(x):
-        return ".".rjust(width)
-    for digits in (7, 6, 5):
-        text = f"{x:.{digits}g}"
-        if len(text) < width:
-            break
-    return text.rjust(width)
+        return "."
+    for d in range(digits, 0, -1):
+        text = f"{x:.{d}g}"
+        if "e" not in text and text.lstrip("-").startswith("0."):
+            text = text.replace("0.", ".", 1)
+        if len(text.lstrip("-")) <= width:
+            return text
+    return f"{x:.2e}"
+
+
+def _num(x: float, width: int = 10) -> str:
+    """A table cell: :func:`stata_number` right-aligned in ``width`` characters."""
+    return stata_number(x).rjust(width)
+
+
+def stata_abbrev(name: str, length: int) -> str:
+    """Stata's abbreviation of a name longer than ``length``: its start, ``~`` and its last character."""
+    return name if len(name) <= length else f"{name[: length - 2]}~{name[-1]}"
+
+
+_PARAMETER = re.compile(r"^(sd|var|corr|cov)\((.*)\)$")
+
+
+def _abbreviate_parameter(label: str) -> str:
+    """``sd(lrt_groupc)`` -> ``sd(lrt_gr~c)``: random-effect names in at most 8 characters, as Stata."""
+    match = _PARAMETER.match(label)
+    if match is None or match.group(2) == "Residual":
+        return label
+    inner = ",".join(stata_abbrev(part, 8) for part in match.group(2).split(","))
+    return f"{match.group(1)}({inner})"
 
 
 def _pvalue(p: float) -> str:
@@ -73,19 +101,9 @@ def _header(result: FitRecord, level: float) -> list[str]:
             lines.append(text)
     if len(blocks) > 1:
         lines.append("")
-        lines.append("-------------------------------------------------------------")
-        lines.append("                |     No. of       Observations per Group")
-        lines.append(" Group Variable |     Groups    Minimum    Average    Maximum")
-        lines.append("----------------+--------------------------------------------")
-        for block in reversed(blocks):  # outermost level first, as Stata
-            row = sizes.loc[block.name]
-            lines.append(
-                f"{block.name[:15]:>15} | {int(row['groups']):>10,} {int(row['min']):>10,} "
-                f"{row['avg']:>10.1f} {int(row['max']):>10,}"
-            )
-        lines.append("-------------------------------------------------------------")
+        lines += group_text(result).splitlines()
     for i, (label, value) in enumerate(wald):
-        text = f"{like} = {result.loglik:.3f}" if i == len(wald) - 1 else ""
+        text = f"{like} = {stata_number(result.loglik, digits=8, width=9)}" if i == len(wald) - 1 else ""
         lines.append(f"{text:<48}{label:<17} = {value:>10}" if label else text)
     if result.n_missing:
         lines.append(f"({result.n_missing:,} observation(s) with missing values dropped)")
@@ -100,7 +118,7 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
     """Coefficient table with the intercept last, as Stata shows it (t and df with ``dfmethod``)."""
     table = coef_table(result, level, dfmethod=dfmethod, vce=vce)
     order = [n for n in table.index if n != "(Intercept)"] + [n for n in table.index if n == "(Intercept)"]
-    width = max([12, len(result.design.response_name)] + [len(_display_name(n)) for n in order])
+    width = 12  # Stata's column: longer names are abbreviated
     pct = f"{confidence_level(level) * 100:g}%"
     stat = "t" if dfmethod else "z"
     df_head = "        df" if dfmethod else ""
@@ -108,7 +126,8 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
     rule = "-" * (width + 1) + "+" + "-" * (66 + len(df_head))
     lines = ["-" * len(rule)]
     lines.append(
-        f"{result.design.response_name:>{width}} |      Coef.  {se_head}{df_head}      {stat}    P>|{stat}|"
+        f"{stata_abbrev(result.design.response_name, width):>{width}} |      Coef.  {se_head}{df_head}      {stat}"
+        f"    P>|{stat}|"
         f"     [{pct} Conf. Interval]"
     )
     lines.append(rule)
@@ -116,7 +135,8 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
         r = table.loc[name]
         df_cell = f" {r['df']:9.2f}" if dfmethod else ""
         lines.append(
-            f"{_display_name(name):>{width}} | {_num(r['estimate'])} {_num(r['se'])}{df_cell} {r[stat]:8.2f}  "
+            f"{stata_abbrev(_display_name(name), width):>{width}} | {_num(r['estimate'])} {_num(r['se'])}{df_cell} "
+            f"{r[stat]:8.2f}  "
             f"{_pvalue(r['p'])}    {_num(r['lower'])}  {_num(r['upper'])}"
         )
     lines.append("-" * len(rule))
@@ -128,7 +148,7 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
 def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
     """Random-effects parameters with SEs and CIs, grouped by level and structure."""
     table = varcomp_table(result, level, scale)
-    width = max([27] + [len(p) + 4 for p in table["parameter"]])
+    width = max([27] + [len(_abbreviate_parameter(p)) + 4 for p in table["parameter"]])
     pct = f"{confidence_level(level) * 100:g}%"
     rule = "-" * (width + 1) + "+" + "-" * 50
     lines = [
@@ -147,7 +167,7 @@ def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
             current = key
             lines.append(f"{row['group'] + ': ' + row['structure']:<{width}} |")
         numbers = f"{_num(row['estimate'])} {_num(row['se'])}    {_num(row['lower'])}  {_num(row['upper'])}"
-        lines.append(f"{row['parameter']:>{width - 2}}   | {numbers}")
+        lines.append(f"{_abbreviate_parameter(row['parameter']):>{width - 2}}   | {numbers}")
     lines.append("-" * len(rule))
     return lines
 
@@ -189,3 +209,48 @@ def summary_text(
         lines.append(f"Note: aliased fixed effects dropped: {', '.join(result.design.dropped_fixed)}.")
     lines += [f"Note: {note}" for note in result.notes]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- estat
+def icc_text(result: FitRecord, level: float = 95) -> str:
+    """Stata's ``estat icc``: intraclass correlations with SEs and CIs, outermost level first."""
+    table = icc(result, level)
+    pct = f"{confidence_level(level) * 100:g}%"
+    rule = "-" * 29 + "+" + "-" * 48
+    lines = [
+        "Intraclass correlation",
+        "-" * 78,
+        f"{'Level':>28} |        ICC   Std. Err.     [{pct} Conf. Interval]",
+        rule,
+    ]
+    for name, row in table.iterrows():
+        lines.append(
+            f"{stata_abbrev(str(name), 28):>28} | {_num(row['icc'])} {_num(row['se'])}    {_num(row['lower'])}  "
+            f"{_num(row['upper'])}"
+        )
+    lines.append("-" * 78)
+    return "\n".join(lines)
+
+
+def group_text(result: FitRecord) -> str:
+    """Stata's ``estat group``: groups and observations per group for every grouping factor."""
+    sizes = result.group_sizes
+    lines = [
+        "-------------------------------------------------------------",
+        "                |     No. of       Observations per Group",
+        " Group Variable |     Groups    Minimum    Average    Maximum",
+        "----------------+--------------------------------------------",
+    ]
+    for block in reversed(result.design.blocks):  # outermost level first, as Stata
+        row = sizes.loc[block.name]
+        lines.append(
+            f"{stata_abbrev(block.name, 15):>15} | {int(row['groups']):>10,} {int(row['min']):>10,} "
+            f"{row['avg']:>10.1f} {int(row['max']):>10,}"
+        )
+    lines.append("-------------------------------------------------------------")
+    return "\n".join(lines)
+
+
+def matrix_text(title: str, frame, digits: int = 4) -> str:
+    """A labelled matrix (Stata's ``estat recovariance``/``wcorrelation`` output), rounded."""
+    return f"{title}\n\n{frame.round(digits).to_string()}"

@@ -17,6 +17,7 @@ Stata estimates by ML unless ``reml`` is given; so does this front end.
 
 from __future__ import annotations
 
+import ast
 import re
 
 from ..errors import FormulaError, OptionError, suggest
@@ -24,7 +25,7 @@ from .options import confidence_level
 from .structures import canonical_structure
 
 RE_OPTIONS = {"noconstant", "nocons", "covariance", "cov"}
-GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level", "residuals"}
+GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level", "residuals", "vce", "dfmethod"}
 
 
 OPTION = r"([A-Za-z_]+)\s*(?:\(((?:[^()]|\([^()]*\))*)\))?"  # name or name(args), args may hold t(x)
@@ -42,19 +43,97 @@ def _split_options(text: str) -> tuple[str, list[tuple[str, str | None]]]:
     return body.strip(), options
 
 
-def _translate_term(token: str) -> str:
-    """One Stata varlist token in formulaic syntax: ``i.sex`` -> ``C(sex)``, ``a##b`` -> ``a*b``."""
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_FACTOR = re.compile(rf"^(?:i|ib(\d+)|ib\((\d+|first|last)\))\.({_NAME})$")
+
+
+def _base_literal(value: object) -> str:
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def _translate_term(token: str, levels_of=None) -> str:
+    """One Stata varlist token in formulaic syntax: ``i.sex`` -> ``C(sex)``, ``ib3.x`` ->
+    ``C(x, contr.treatment(3))``, ``a##b`` -> ``a*b``, ``a#b`` -> ``a:b``, ``c.x`` -> ``x``.
+
+    ``ib(last).x`` needs the levels of x: ``levels_of(x)`` returns them (sorted).
+    """
     if "##" in token:
-        return "*".join(_translate_term(t) for t in token.split("##"))
+        return "*".join(_translate_term(t, levels_of) for t in token.split("##"))
     if "#" in token:
-        return ":".join(_translate_term(t) for t in token.split("#"))
-    if token.startswith("i."):
-        return f"C({token[2:]})"
+        return ":".join(_translate_term(t, levels_of) for t in token.split("#"))
+    factor = _FACTOR.match(token)
+    if factor:
+        base, named, var = factor.groups()
+        if base is None and named in (None, "first"):
+            return f"C({var})"
+        if named == "last":
+            if levels_of is None:
+                raise OptionError(f"ib(last).{var} needs the data to know the last level of {var!r}.")
+            values = list(levels_of(var))
+            return f"C({var}, contr.treatment({_base_literal(values[-1])}))"
+        return f"C({var}, contr.treatment({int(base or named)}))"
     if token.startswith("c."):
-        return token[2:]
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token):
-        raise FormulaError(f"{token!r} is not a Stata variable name (use i.var, c.var, a#b, a##b).")
+        token = token[2:]
+    if not re.fullmatch(_NAME, token):
+        raise FormulaError(f"{token!r} is not a Stata variable name (use i.var, ib#.var, c.var, a#b, a##b).")
     return token
+
+
+_TREATMENT = re.compile(rf"^C\(({_NAME})(?:, contr\.treatment\([^()]*\))?\)(.+)$")
+
+
+def stata_coefficient_name(name: str) -> str:
+    """The coefficient as Stata names it, from the name mixedfx gives a term of a translated command:
+    ``C(schgend)2`` -> ``2.schgend``, ``lrt:C(sex)1`` -> ``c.lrt#1.sex``, ``(Intercept)`` -> ``_cons``."""
+    if name == "(Intercept)":
+        return "_cons"
+    parts = name.split(":")
+    out = []
+    for part in parts:
+        match = _TREATMENT.match(part)
+        if match:
+            out.append(f"{match.group(2)}.{match.group(1)}")
+        else:
+            out.append(f"c.{part}" if len(parts) > 1 else part)
+    return "#".join(out)
+
+
+def _qualifiers(body: str) -> tuple[str, str | None, str | None]:
+    """``"y x if age > 2 in 1/50"`` -> (``"y x"``, ``"age > 2"``, ``"1/50"``)."""
+    rows = None
+    match = re.search(r"\s+in\s+(\S+)\s*$", body)
+    if match:
+        body, rows = body[: match.start()], match.group(1)
+    condition = None
+    match = re.search(r"\s+if\s+", body)
+    if match:
+        body, condition = body[: match.start()], body[match.end() :].strip()
+        if not condition:
+            raise FormulaError("'if' needs a condition, e.g. 'if sex == 1'.")
+    return body, condition, rows
+
+
+def parse_range(text: str, n: int) -> slice:
+    """Stata's ``in`` range over n rows: ``1/100``, ``f/50``, ``-10/l``, ``5`` (1-based, inclusive)."""
+
+    def position(token: str) -> int:
+        token = token.strip().lower()
+        if token in ("f", "first"):
+            return 1
+        if token in ("l", "last"):
+            return n
+        try:
+            k = int(token)
+        except ValueError:
+            message = f"Cannot read the range 'in {text}': use in #/#, f and l for the first and last row."
+            raise OptionError(message) from None
+        return n + 1 + k if k < 0 else k
+
+    first, _, last = text.partition("/")
+    start, stop = position(first), position(last or first)
+    if not 1 <= start <= stop <= n:
+        raise OptionError(f"The range 'in {text}' is outside the data's {n} rows.")
+    return slice(start - 1, stop)
 
 
 def _level_options(options: list[tuple[str, str | None]], level: str) -> tuple[bool, str]:
@@ -74,19 +153,25 @@ def _level_options(options: list[tuple[str, str | None]], level: str) -> tuple[b
     return constant, covariance
 
 
-def parse_mixed(command: str) -> dict:
-    """Parse a ``mixed`` command into an lme4 formula, covariance structures and options."""
+def parse_mixed(command: str, levels_of=None) -> dict:
+    """Parse a ``mixed`` command into an lme4 formula, covariance structures and options.
+
+    ``levels_of(var)`` (the sorted levels of a column) resolves ``ib(last).var``.  The
+    result also has ``if`` (a condition, translated by :func:`parse_condition`), ``in``
+    (Stata's row range), ``vce`` and ``dfmethod``.
+    """
     text = " ".join(command.split())
     if text.startswith("mixed "):
         text = text[len("mixed ") :]
     segments = [seg.strip() for seg in text.split("||")]
     fixed_body, fixed_opts = _split_options(segments[0])
+    fixed_body, condition, rows = _qualifiers(fixed_body)
     tokens = fixed_body.split()
     if not tokens:
         raise FormulaError("The mixed command needs a dependent variable: mixed depvar [indepvars] || level:")
     if len(segments) == 1:
         raise FormulaError("No random-effects level: add '|| levelvar:' (e.g. || id:).")
-    response, regressors = tokens[0], [_translate_term(t) for t in tokens[1:]]
+    response, regressors = tokens[0], [_translate_term(t, levels_of) for t in tokens[1:]]
     fixed_constant = True
     global_opts: list[tuple[str, str | None]] = []
     for name, value in fixed_opts:
@@ -113,7 +198,7 @@ def parse_mixed(command: str) -> dict:
         level_opts = [(n, v) for n, v in options if n in RE_OPTIONS]
         global_opts += [(n, v) for n, v in options if n not in RE_OPTIONS]
         constant, structure = _level_options(level_opts, level)
-        variables = [_translate_term(t) for t in body.split()]
+        variables = [_translate_term(t, levels_of) for t in body.split()]
         if not variables and not constant:
             if len(segments) == 2:  # Stata: '|| id:, noconstant residuals(...)' is a marginal model
                 no_effects = level
@@ -124,7 +209,7 @@ def parse_mixed(command: str) -> dict:
         outer.append(level)
         random_terms.append(f"({expr} | {group})")
         covariance[group] = structure if len(variables) + constant > 1 else "identity"
-    method, scale, conf, residuals = "ml", "var", 95.0, None
+    method, scale, conf, residuals, vce, dfmethod = "ml", "var", 95.0, None, "model", None
     for name, value in global_opts:
         if name in ("mle", "ml"):
             method = "ml"
@@ -136,6 +221,17 @@ def parse_mixed(command: str) -> dict:
             scale = "sd"
         elif name == "residuals":
             residuals = value
+        elif name == "vce":
+            if (value or "").strip().lower() not in ("robust", "oim"):
+                raise OptionError(f"vce({value}) is not supported: use vce(robust) or vce(oim).")
+            vce = "robust" if value.strip().lower() == "robust" else "model"
+        elif name == "dfmethod":
+            key = (value or "").strip().lower()
+            if key not in ("kroger", "satterthwaite"):
+                raise OptionError(
+                    f"dfmethod({value}) is not supported: use dfmethod(kroger) or dfmethod(satterthwaite)."
+                )
+            dfmethod = key
         elif name == "level":
             confidence_level(value)  # refused outside Stata's 10-99.99
             conf = float(value)
@@ -153,4 +249,65 @@ def parse_mixed(command: str) -> dict:
         "level": conf,
         "residuals": residuals,
         "group": no_effects,
+        "if": None if condition is None else parse_condition(condition),
+        "in": rows,
+        "vce": vce,
+        "dfmethod": dfmethod,
     }
+
+
+# ---------------------------------------------------------------------------- if conditions
+#: Stata functions an ``if`` condition may call.
+CONDITION_FUNCTIONS = frozenset({"missing", "inlist", "inrange", "abs", "round", "floor", "ceil", "log", "exp", "sqrt"})
+
+_CONDITION_TOKEN = re.compile(
+    r"""\s*(?:(?P<string>"[^"]*")|(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<missing>\.)(?![\w.])|"""
+    r"""(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>==|!=|~=|<=|>=|[<>&|!~()+\-*/^,]))""",
+    re.VERBOSE,
+)
+
+
+def parse_condition(text: str):
+    """A Stata ``if`` condition as a checked Python syntax tree, evaluated by
+    :func:`mixedfx.data.conditions.evaluate_condition`.
+
+    ``&``, ``|`` and ``!``/``~`` become ``and``, ``or`` and ``not`` (Stata's precedence:
+    comparisons bind tighter), ``^`` a power, ``.`` the missing value; names are columns;
+    only :data:`CONDITION_FUNCTIONS` may be called.  Anything else is refused.
+    """
+    pieces, pos = [], 0
+    while pos < len(text):
+        match = _CONDITION_TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise FormulaError(f"Cannot read the condition 'if {text}' at {text[pos:]!r}.")
+        kind = match.lastgroup
+        token = match.group(kind)
+        pos = match.end()
+        if kind == "missing":
+            pieces.append("_stata_missing_")
+        elif kind == "op":
+            pieces.append(
+                {"&": " and ", "|": " or ", "!": " not ", "~": " not ", "~=": "!=", "^": "**"}.get(token, token)
+            )
+        else:
+            pieces.append(token)
+    source = " ".join(pieces)
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        raise FormulaError(f"Cannot read the condition 'if {text}'.") from None
+    allowed = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Compare,
+               ast.cmpop, ast.BinOp, ast.operator, ast.Name, ast.Load, ast.Constant, ast.Call)  # fmt: skip
+    for node in ast.walk(tree):
+        if not isinstance(node, allowed):
+            raise FormulaError(f"The condition 'if {text}' uses {type(node).__name__}, which is not allowed.")
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in CONDITION_FUNCTIONS or node.keywords:
+                raise FormulaError(
+                    f"The condition 'if {text}' calls something other than {sorted(CONDITION_FUNCTIONS)}."
+                )
+        if isinstance(node, ast.Name) and (node.id.startswith("__") or node.id.endswith("__")):
+            raise FormulaError(f"The condition 'if {text}' names {node.id!r}, which is not allowed.")
+    return tree

@@ -64,7 +64,8 @@ def test_lecture_schools_table_to_three_digits():
     assert lr.kind == "chi2" and lr.df == 3 and lr.statistic == pytest.approx(835.32, rel=5e-3)
     text = str(fit)
     assert "Mixed-effects REML regression" in text and "school: Unstructured" in text
-    assert "corr(lrt_groupc,_cons)" in text and "LR test is conservative" in text
+    assert "corr(lrt_gr~c,_cons)" in text and "LR test is conservative" in text  # Stata abbreviates
+    assert text.index("sd(lrt_gr~c)") < text.index("sd(_cons)")  # slopes first, as Stata
 
 
 def test_children_random_intercept_icc_and_lr_test():

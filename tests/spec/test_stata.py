@@ -1,5 +1,6 @@
 """The Stata ``mixed`` front end: parsing, defaults and errors."""
 
+import numpy as np
 import pytest
 
 import mixedfx
@@ -47,3 +48,54 @@ def test_stata_fit_matches_formula_fit(sleepstudy):
 def test_stata_syntax_errors(command, error, message):
     with pytest.raises(error, match=message):
         parse_mixed(command)
+
+
+def test_stata_coefficient_names_and_base_levels(exam):
+    exam = exam.assign(
+        girl=(exam["sex"] == "F").astype(int), kind=exam["schgend"].map({"mixed": 1, "boys": 2, "girls": 3})
+    )
+    fit = mixedfx.mixed("mixed gcse c.lrt##i.kind i.girl || school: lrt, cov(uns) reml", exam)
+    assert list(fit.fixef.index) == ["(Intercept)", "lrt", "2.kind", "3.kind", "1.girl", "c.lrt#2.kind", "c.lrt#3.kind"]
+    assert "c.lrt#2.kind" in fit.to_dict()["fixef"] and "c.lrt#2.kind" in fit.coef_table().index
+    assert fit.lincom("2.kind - 3.kind")["estimate"] == pytest.approx(fit.fixef["2.kind"] - fit.fixef["3.kind"])
+    last = mixedfx.mixed("mixed gcse lrt ib(last).kind || school:, reml", exam)
+    assert [n for n in last.fixef.index if "kind" in n] == ["1.kind", "2.kind"]
+    third = mixedfx.mixed("mixed gcse lrt ib3.kind || school:, reml", exam)
+    assert third.fixef["1.kind"] == pytest.approx(last.fixef["1.kind"], rel=1e-10)
+
+
+def test_if_and_in_select_rows_as_stata(exam):
+    exam = exam.assign(girl=(exam["sex"] == "F").astype(int))
+    fit = mixedfx.mixed("mixed gcse lrt if girl == 1 & lrt > -15 in 1/3000 || school:, reml", exam)
+    rows = exam.iloc[:3000]
+    expected = mixedfx.fit("gcse ~ lrt + (1 | school)", rows[(rows["girl"] == 1) & (rows["lrt"] > -15)])
+    assert fit.nobs == expected.nobs and fit.loglik == pytest.approx(expected.loglik, abs=1e-8)
+    missing = exam.assign(lrt=exam["lrt"].where(exam.index % 10 != 0))
+    above = mixedfx.mixed("mixed gcse girl if lrt > 10 || school:", missing)  # Stata: missing is larger than any number
+    assert above.nobs == int(((missing["lrt"] > 10) | missing["lrt"].isna()).sum())
+    with pytest.raises(FormulaError, match="not allowed|calls something|Cannot read the condition"):
+        mixedfx.mixed("mixed gcse lrt if __import__('os') || school:", exam)
+
+
+def test_vce_dfmethod_and_predict_follow_the_command(sleepstudy):
+    fit = mixedfx.mixed("mixed Reaction Days || Subject: Days, cov(uns) reml vce(robust)", sleepstudy)
+    assert "Robust SE" in str(fit.summary())
+    kr = mixedfx.mixed("mixed Reaction Days || Subject: Days, cov(uns) reml dfmethod(kroger)", sleepstudy)
+    assert "Kenward" in str(kr.summary()) or "kroger" in str(kr.summary())
+    xb = fit.predict(sleepstudy.head(3))  # Stata's predict: xb by default
+    np.testing.assert_allclose(xb["prediction"], fit.predict(sleepstudy.head(3), level="population")["prediction"])
+
+
+def test_stata_command_line(capsys):
+    from mixedfx.cli import main
+
+    command = "mixed weight age_c age_sp girl age_c_girl age_sp_girl || id:, variance"
+    assert main(["stata", "asian", command, "--estat", "icc", "--estat", "group", "--estat", "recovariance"]) == 0
+    out = capsys.readouterr().out
+    assert "Mixed-effects ML regression" in out and "Intraclass correlation" in out and "No. of" in out
+
+
+def test_conditions_cannot_reach_python(exam):
+    for condition in ("__import__ == 1", "open(lrt) > 1", "lrt.real > 1"):
+        with pytest.raises(FormulaError):
+            mixedfx.mixed(f"mixed gcse lrt if {condition} || school:", exam)
