@@ -8,7 +8,10 @@ apart by marker and line style as well as by shade.
 - :func:`ols_scatter` per-cluster OLS intercepts against slopes;
 - :func:`shrinkage_plot` OLS vs EB estimates (arrows), point size by cluster size;
 - :func:`predicted_curves` population-mean curves by a covariate, individual curves over data;
-- :func:`caterpillar` ranked EB estimates with intervals, top and bottom highlighted;
+- :func:`caterpillar` ranked EB estimates with intervals, top and bottom highlighted (a dense strip for many);
+- :func:`cluster_scatter` observations and the OLS line of chosen clusters;
+- :func:`predicted_lines` per-cluster OLS lines against EB lines (shrinkage of the association);
+- :func:`mean_curves` population-mean predictions at the observed values, by a covariate;
 - :func:`residual_diagnostics` residuals vs fitted and normal Q-Q plots (residuals, each effect);
 - :func:`autocorrelation_plot` ACF by lag and the occasion correlation matrix as a heat map.
 """
@@ -184,36 +187,117 @@ def predicted_curves(
     return fig
 
 
+#: Clusters beyond which a caterpillar plot becomes a dense strip, labelling only its ends.
+LABELLED_CLUSTERS = 100
+
+
 def caterpillar(
     fit, term: str = "(Intercept)", group: str | None = None, level: float = 95, highlight: int = 5
 ) -> Figure:
-    """Ranked EB estimates with intervals; the top and bottom ``highlight`` clusters are marked."""
+    """Ranked EB estimates with intervals; the top and bottom ``highlight`` clusters are marked.
+
+    With many clusters (more than :data:`LABELLED_CLUSTERS`, such as 568 children) the plot is
+    a dense strip of intervals of fixed height, and only the highlighted clusters are labelled.
+    """
     record = as_record(fit)
     ranks = rank(record, term=term, group=group, level=level).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(6.5, max(4, 0.12 * len(ranks) + 1.5)))
+    dense = len(ranks) > LABELLED_CLUSTERS
+    fig, ax = plt.subplots(figsize=(6.5, 7.5 if dense else max(4, 0.12 * len(ranks) + 1.5)))
     pos = np.arange(len(ranks))
     ax.errorbar(
         ranks["estimate"],
         pos,
         xerr=[ranks["estimate"] - ranks["lower"], ranks["upper"] - ranks["estimate"]],
-        fmt="o",
-        color="0.5",
-        markersize=3,
-        linewidth=0.8,
+        fmt="o" if not dense else ".",
+        color="0.55",
+        markersize=3 if not dense else 1.5,
+        linewidth=0.8 if not dense else 0.4,
     )
-    top = ranks["rank"] <= highlight
-    bottom = ranks["rank"] > len(ranks) - highlight
-    ax.scatter(ranks["estimate"][top], pos[top.to_numpy()], marker="^", color="k", zorder=3, label=f"top {highlight}")
-    ax.scatter(
-        ranks["estimate"][bottom], pos[bottom.to_numpy()], marker="v", color="k", zorder=3, label=f"bottom {highlight}"
-    )
+    top = (ranks["rank"] <= highlight).to_numpy()
+    bottom = (ranks["rank"] > len(ranks) - highlight).to_numpy()
+    ax.scatter(ranks["estimate"][top], pos[top], marker="^", color="k", zorder=3, label=f"top {highlight}")
+    ax.scatter(ranks["estimate"][bottom], pos[bottom], marker="v", color="k", zorder=3, label=f"bottom {highlight}")
     ax.axvline(0, color="k", linestyle="--", linewidth=0.8)
-    ax.set_yticks(pos)
-    ax.set_yticklabels(ranks.index, fontsize=6)
+    shown = pos if not dense else pos[top | bottom]
+    ax.set_yticks(shown)
+    ax.set_yticklabels(ranks.index[shown], fontsize=6 if not dense else 7)
     ax.set_xlabel(f"EB estimate of {term} ({level:g}% interval)")
-    ax.set_ylabel(group or record.design.blocks[0].name)
+    name = group or record.design.blocks[0].name
+    ax.set_ylabel(f"{name} ({len(ranks)} clusters, ranked)" if dense else name)
     ax.set_title(f"Ranking of clusters by {term}")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cluster_scatter(data: pd.DataFrame, x: str, y: str, group: str, clusters: list) -> Figure:
+    """One panel per chosen cluster: its observations and its own OLS line (the lecture's schools 1 and 2)."""
+    fig, axes = _panels(len(clusters), width=4.2)
+    labels = data[group].astype(str)
+    for ax, cluster in zip(axes, clusters):
+        part = data[labels == str(cluster)]
+        ax.scatter(part[x], part[y], s=10, color="0.4")
+        if len(part) >= 2 and part[x].nunique() > 1:
+            slope, intercept = np.polyfit(part[x].to_numpy(dtype=float), part[y].to_numpy(dtype=float), 1)
+            grid = np.linspace(part[x].min(), part[x].max(), 2)
+            ax.plot(grid, intercept + slope * grid, color="k", linewidth=1.5, label=f"OLS: slope {slope:.3g}")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_title(f"{group} {cluster} ({len(part)} obs)")
+        ax.set_xlabel(x)
+    axes[0].set_ylabel(y)
+    fig.tight_layout()
+    return fig
+
+
+def predicted_lines(fit, x: str, group: str | None = None, min_size: int = 1) -> Figure:
+    """Cluster-specific lines from per-cluster OLS (left) and from the EB estimates (right), same axes.
+
+    The lecture's "impact of shrinkage on the predicted association": the EB lines fan out less.
+    No legend: one line per cluster, drawn thin.
+    """
+    record = as_record(fit)
+    table = shrinkage(record, group=group, min_size=min_size)
+    slope, intercept = f"{x}", "(Intercept)"
+    data = record.design.data
+    grid = np.linspace(float(data[x].min()), float(data[x].max()), 2)
+    fig, axes = _panels(2, width=4.6)
+    for ax, kind, title in zip(axes, ("ols", "eb"), ("per-cluster OLS", "empirical Bayes (mixed model)")):
+        a, b = table[f"{kind}_{intercept}"], table[f"{kind}_{slope}"]
+        for ai, bi in zip(a, b):
+            if np.isfinite(ai) and np.isfinite(bi):
+                ax.plot(grid, ai + bi * grid, color="0.3", linewidth=0.6, alpha=0.6)
+        ax.set_title(f"{title} ({len(table)} clusters)")
+        ax.set_xlabel(x)
+    axes[0].set_ylabel(f"predicted {record.design.response_name}")
+    fig.suptitle(f"Shrinkage of the cluster-specific association with {x}")
+    fig.tight_layout()
+    return fig
+
+
+def mean_curves(fit, x: str, by: str | None = None) -> Figure:
+    """Population-mean predictions (xb) at the observed values of ``x``, one curve per level of ``by``.
+
+    Needs no grid: the fixed part is evaluated at the data's own rows (so derived columns such
+    as spline terms come with them), averaged over rows sharing ``x`` and ``by``.
+    """
+    record = as_record(fit)
+    data = record.design.data
+    xb = record.design.X @ record.fixef.to_numpy()
+    frame = pd.DataFrame({x: data[x].to_numpy(), "xb": xb})
+    if by is not None:
+        frame[by] = data[by].to_numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    levels = [None] if by is None else sorted(frame[by].dropna().unique())
+    for k, level in enumerate(levels):
+        colour, style, marker = STYLES[k % len(STYLES)]
+        part = frame if level is None else frame[frame[by] == level]
+        curve = part.groupby(x)["xb"].mean().sort_index()
+        label = "population mean" if level is None else f"{by} = {level}"
+        ax.plot(curve.index, curve.to_numpy(), color=colour, linestyle=style, linewidth=1.8, label=label)
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"predicted mean {record.design.response_name}")
+    ax.set_title("Predicted mean (fixed part)" + (f" by {by}" if by else ""))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

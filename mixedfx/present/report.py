@@ -18,11 +18,11 @@ import pandas as pd
 
 from ..analysis.explore import autocorrelation, ols_by_group
 from ..analysis.lrtest import lr_test_vs_linear
+from ..analysis.marginal import wcorrelation
 from ..analysis.prediction import residuals
 from ..analysis.ranking import rank
 from ..analysis.varcomp import icc
 from ..data.io import check_output_path
-from ..errors import OptionError
 from ..results import FitRecord
 from ..spec.expressions import quote_name
 from . import plots
@@ -76,6 +76,25 @@ class _Progress:
             print(f"report [{self.done}/{self.total}] {what}", file=sys.stderr, flush=True)
 
 
+def _correlation_section(fit: FitRecord, block) -> tuple[str, str]:
+    """ICCs for random-intercept models; otherwise why not, and the implied within-cluster correlation."""
+    if block is not None and all(b.names == ["(Intercept)"] for b in fit.design.blocks):
+        return "Intraclass correlation", _table_html(icc(fit))
+    if block is None:
+        return (
+            "Within-cluster correlation",
+            "<p>No random effects: the residual structure alone correlates a cluster's observations.</p>",
+        )
+    cluster = block.levels[0]
+    matrix = wcorrelation(fit, group=block.name, cluster=cluster).iloc[:6, :6]
+    note = (
+        "<p>With random slopes the correlation of two observations of a cluster depends on their covariates, "
+        f"so there is no single intraclass correlation. The correlation the model implies for the first "
+        f"observations of {escape(block.name)} {escape(str(cluster))}:</p>"
+    )
+    return "Within-cluster correlation", note + _table_html(matrix.round(3))
+
+
 def build_report(
     fit: FitRecord,
     x: str | None = None,
@@ -84,8 +103,9 @@ def build_report(
     title: str | None = None,
     progress: bool = True,
     scale: str = "var",
+    digits: int = 7,
 ) -> str:
-    """The report as an HTML string (see :func:`write_report`)."""
+    """The report as an HTML string (see :func:`write_report`; ``digits``: significant digits of the tables)."""
     fit.require_rows("The report")
     data = fit.design.data
     block = fit.design.blocks[0] if fit.design.blocks else None
@@ -111,12 +131,9 @@ def build_report(
     )
     sections.append(("Data", summary))
     tracker.step("data summary")
-    sections.append(("Model", f"<pre>{escape(summary_text(fit, scale=scale))}</pre>"))
+    sections.append(("Model", f"<pre>{escape(summary_text(fit, scale=scale, digits=digits))}</pre>"))
     tracker.step("tables")
-    try:
-        sections.append(("Intraclass correlation", _table_html(icc(fit))))
-    except OptionError as exc:
-        sections.append(("Intraclass correlation", f"<p>{escape(str(exc))}</p>"))
+    sections.append(_correlation_section(fit, block))
     lr = lr_test_vs_linear(fit)
     sections.append(("LR test against linear regression", f"<p>{escape(lr.describe())}</p>"))
     if block is not None and "(Intercept)" in block.names:
@@ -126,12 +143,14 @@ def build_report(
     tracker.step("ICC, LR test, ranking")
 
     figures = []
+    by = by if by in data.columns else None
     if x is not None and group is not None and x in data.columns:
-        figures.append(
-            _figure_html(
-                plots.trajectories(data, x, y, group, by=by if by in data.columns else None), "observed trajectories"
-            )
-        )
+        if time is not None:  # trajectories are for longitudinal data (occasions), not students in schools
+            figures.append(_figure_html(plots.trajectories(data, x, y, group, by=by), "observed trajectories"))
+        else:
+            first = [c for c, n in zip(block.levels, block.level_counts) if n >= min_size][:2] if block else []
+            if first:
+                figures.append(_figure_html(plots.cluster_scatter(data, x, y, group, first), "first clusters"))
         figures.append(_figure_html(plots.cluster_ols_lines(data, x, y, group, min_size), "cluster OLS lines"))
         ols = ols_by_group(f"{quote_name(y)} ~ {quote_name(x)}", data, group, min_size=min_size)
         if x in ols.columns and ols[x].notna().sum() > 2:
@@ -139,6 +158,11 @@ def build_report(
     tracker.step("exploratory plots")
     if block is not None and block.q <= 2:
         figures.append(_figure_html(plots.shrinkage_plot(fit, group=block.name, min_size=min_size), "shrinkage"))
+    if block is not None and x in block.names and "(Intercept)" in block.names:
+        lines = plots.predicted_lines(fit, x, group=block.name, min_size=min_size)
+        figures.append(_figure_html(lines, "OLS and EB lines"))
+    if x is not None and by is not None:
+        figures.append(_figure_html(plots.mean_curves(fit, x, by=by), "predicted mean by " + by))
     if block is not None and "(Intercept)" in block.names:
         figures.append(_figure_html(plots.caterpillar(fit, group=block.name), "caterpillar plot"))
     tracker.step("shrinkage and ranking plots")
@@ -174,6 +198,7 @@ def write_report(
     progress: bool = True,
     scale: str = "var",
     inputs: tuple = (),
+    digits: int = 7,
 ) -> Path:
     """Write the self-contained HTML report of ``fit`` to ``path``.
 
@@ -182,6 +207,6 @@ def write_report(
     ``by`` a covariate to panel trajectories by.
     """
     path = check_output_path(path, inputs)
-    html = build_report(fit, x=x, time=time, by=by, title=title, progress=progress, scale=scale)
+    html = build_report(fit, x=x, time=time, by=by, title=title, progress=progress, scale=scale, digits=digits)
     path.write_text(html, encoding="utf-8")
     return path

@@ -33,9 +33,14 @@ def stata_number(x: float, digits: int = 7, width: int = 8) -> str:
     return f"{x:.2e}"
 
 
-def _num(x: float, width: int = 10) -> str:
-    """A table cell: :func:`stata_number` right-aligned in ``width`` characters."""
-    return stata_number(x).rjust(width)
+def _num(x: float, width: int = 10, digits: int = 7) -> str:
+    """A table cell: :func:`stata_number` (``digits`` significant digits) right-aligned in ``width`` characters."""
+    return stata_number(x, digits=digits).rjust(width)
+
+
+def _cells(row, names: list[str], digits: int, gap: str = " ") -> str:
+    """Table cells of ``row[name]`` for each name, separated by ``gap``."""
+    return gap.join(_num(row[name], digits=digits) for name in names)
 
 
 def stata_abbrev(name: str, length: int) -> str:
@@ -59,7 +64,7 @@ def _pvalue(p: float) -> str:
     return "   .  " if not np.isfinite(p) else f"{p:6.3f}"
 
 
-def _header(result: FitRecord, level: float) -> list[str]:
+def _header(result: FitRecord, level: float, digits: int = 7) -> list[str]:
     """Header block: model type, counts, obs per group, log-likelihood, Wald test."""
     lines = []
     right = []
@@ -103,7 +108,7 @@ def _header(result: FitRecord, level: float) -> list[str]:
         lines.append("")
         lines += group_text(result).splitlines()
     for i, (label, value) in enumerate(wald):
-        text = f"{like} = {stata_number(result.loglik, digits=8, width=9)}" if i == len(wald) - 1 else ""
+        text = f"{like} = {stata_number(result.loglik, digits=digits + 1, width=9)}" if i == len(wald) - 1 else ""
         lines.append(f"{text:<48}{label:<17} = {value:>10}" if label else text)
     if result.n_missing:
         lines.append(f"({result.n_missing:,} observation(s) with missing values dropped)")
@@ -114,7 +119,9 @@ def _display_name(name: str) -> str:
     return "_cons" if name == "(Intercept)" else name
 
 
-def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, vce: str = "model") -> list[str]:
+def _fixed_table(
+    result: FitRecord, level: float, dfmethod: str | None = None, vce: str = "model", digits: int = 7
+) -> list[str]:
     """Coefficient table with the intercept last, as Stata shows it (t and df with ``dfmethod``)."""
     table = coef_table(result, level, dfmethod=dfmethod, vce=vce)
     order = [n for n in table.index if n != "(Intercept)"] + [n for n in table.index if n == "(Intercept)"]
@@ -135,9 +142,9 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
         r = table.loc[name]
         df_cell = f" {r['df']:9.2f}" if dfmethod else ""
         lines.append(
-            f"{stata_abbrev(_display_name(name), width):>{width}} | {_num(r['estimate'])} {_num(r['se'])}{df_cell} "
+            f"{stata_abbrev(_display_name(name), width):>{width}} | {_cells(r, ['estimate', 'se'], digits)}{df_cell} "
             f"{r[stat]:8.2f}  "
-            f"{_pvalue(r['p'])}    {_num(r['lower'])}  {_num(r['upper'])}"
+            f"{_pvalue(r['p'])}    {_cells(r, ['lower', 'upper'], digits, gap='  ')}"
         )
     lines.append("-" * len(rule))
     if dfmethod:
@@ -145,7 +152,7 @@ def _fixed_table(result: FitRecord, level: float, dfmethod: str | None = None, v
     return lines
 
 
-def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
+def _random_table(result: FitRecord, level: float, scale: str, digits: int = 7) -> list[str]:
     """Random-effects parameters with SEs and CIs, grouped by level and structure."""
     table = varcomp_table(result, level, scale)
     width = max([27] + [len(_abbreviate_parameter(p)) + 4 for p in table["parameter"]])
@@ -166,22 +173,27 @@ def _random_table(result: FitRecord, level: float, scale: str) -> list[str]:
                 lines.append(rule)
             current = key
             lines.append(f"{row['group'] + ': ' + row['structure']:<{width}} |")
-        numbers = f"{_num(row['estimate'])} {_num(row['se'])}    {_num(row['lower'])}  {_num(row['upper'])}"
+        numbers = f"{_cells(row, ['estimate', 'se'], digits)}    {_cells(row, ['lower', 'upper'], digits, gap='  ')}"
         lines.append(f"{_abbreviate_parameter(row['parameter']):>{width - 2}}   | {numbers}")
     lines.append("-" * len(rule))
     return lines
 
 
 def summary_text(
-    result: FitRecord, level: float = 95, scale: str = "var", dfmethod: str | None = None, vce: str = "model"
+    result: FitRecord,
+    level: float = 95,
+    scale: str = "var",
+    dfmethod: str | None = None,
+    vce: str = "model",
+    digits: int = 7,
 ) -> str:
     """The full Stata-style summary.
 
     ``scale``: ``"var"`` (variances, default) or ``"sd"`` (Stata's ``stddev``);
     ``dfmethod``: ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for
-    cluster-robust standard errors.
+    cluster-robust standard errors; ``digits``: significant digits of the numbers (Stata's 7).
     """
-    lines = _header(result, level)
+    lines = _header(result, level, digits)
     if not result.converged and not result.optimum.moved:
         lines += [
             "",
@@ -190,9 +202,9 @@ def summary_text(
         ]
         return "\n".join(lines)
     lines.append("")
-    lines += _fixed_table(result, level, dfmethod, vce)
+    lines += _fixed_table(result, level, dfmethod, vce, digits)
     lines.append("")
-    lines += _random_table(result, level, scale)
+    lines += _random_table(result, level, scale, digits)
     lr = lr_test_vs_linear(result)
     lines.append(lr.describe())
     if lr.kind == "chi2":
@@ -225,8 +237,8 @@ def icc_text(result: FitRecord, level: float = 95) -> str:
     ]
     for name, row in table.iterrows():
         lines.append(
-            f"{stata_abbrev(str(name), 28):>28} | {_num(row['icc'])} {_num(row['se'])}    {_num(row['lower'])}  "
-            f"{_num(row['upper'])}"
+            f"{stata_abbrev(str(name), 28):>28} | {_cells(row, ['icc', 'se'], 7)}    "
+            f"{_cells(row, ['lower', 'upper'], 7, gap='  ')}"
         )
     lines.append("-" * 78)
     return "\n".join(lines)

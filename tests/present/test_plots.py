@@ -1,6 +1,7 @@
 """Every plot builds on the bundled data and carries the expected artists and labels."""
 
 import numpy as np
+import matplotlib.pyplot as plt
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
@@ -93,4 +94,29 @@ def test_autocorrelation_plot(growth):
     fig = plots.autocorrelation_plot(ac)
     assert len(fig.axes[0].patches) == len(ac.acf)
     assert len(fig.axes[1].texts) == 25
+    _labelled(fig)
+
+
+def test_caterpillar_with_many_clusters_labels_only_its_ends():
+    asian = mixedfx.datasets.load_asian()
+    fit = mixedfx.fit("weight ~ age_c + age_sp + girl + (1 | id)", asian, method="ml")
+    fig = plots.caterpillar(fit, highlight=8)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 16 and "568 clusters" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+
+
+def test_cluster_scatter_predicted_lines_and_mean_curves(schools):
+    exam = mixedfx.datasets.load_exam()
+    fig = plots.cluster_scatter(exam, "lrt", "gcse", "school", [1, 2])
+    assert [ax.get_title() for ax in fig.axes] == ["school 1 (73 obs)", "school 2 (55 obs)"]
+    plt.close(fig)
+    fig = plots.predicted_lines(schools, "lrt_groupc", min_size=5)
+    assert len(fig.axes) == 2 and all(ax.get_legend() is None for ax in fig.axes)  # no 65-entry legend
+    assert len(fig.axes[0].lines) == len(fig.axes[1].lines) > 50
+    plt.close(fig)
+    growth = mixedfx.fit("weight ~ age_c + age_sp + girl + age_c_girl + age_sp_girl + (1 | id)",
+                         mixedfx.datasets.load_asian(), method="ml")  # fmt: skip
+    fig = plots.mean_curves(growth, "age", by="girl")
+    assert len(fig.axes[0].lines) == 2
     _labelled(fig)

@@ -67,6 +67,7 @@ def test_growth_report_has_every_section_and_image(tmp_path):
         "cluster OLS lines",
         "cluster OLS intercepts vs slopes",
         "shrinkage",
+        "predicted mean by girl",
         "caterpillar plot",
         "residual diagnostics",
         "residual autocorrelation",
@@ -80,8 +81,13 @@ def test_cli_report_with_progress(tmp_path, capsys):
     assert main(["report", "exam", "gcse ~ lrt_groupc + (1 + lrt_groupc | school)", "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "report [8/8]" in err
-    checker = _check(out.read_text())
+    html = out.read_text()
+    checker = _check(html)
     assert "Ranking of school by its (Intercept) EB estimate" in checker.headings
+    alts = [img["alt"] for img in checker.images]
+    assert "observed trajectories" not in alts  # students in schools are not trajectories
+    assert alts[:2] == ["first clusters", "cluster OLS lines"] and "OLS and EB lines" in alts
+    assert "Within-cluster correlation" in checker.headings and "fit.wcorrelation" not in html  # no API hints
     assert main(["report", "exam", "gcse ~ lrt_groupc + (1 | school)", "--time", "nope", "-o", str(out)]) == 2
 
 
