@@ -1,7 +1,7 @@
 """Every plot builds on the bundled data and carries the expected artists and labels."""
 
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
