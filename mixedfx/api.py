@@ -307,27 +307,49 @@ class MixedResults:
 
     # ------------------------------------------------------------------ presentation
     def summary(
-        self, level: float | None = None, scale: str | None = None, dfmethod: str | None = None, vce: str | None = None
+        self,
+        level: float | None = None,
+        scale: str | None = None,
+        dfmethod: str | None = None,
+        vce: str | None = None,
+        digits: int = 7,
     ) -> Summary:
         """Stata-style summary: header, fixed effects, random-effects parameters, LR test.
 
         ``scale``: ``"var"`` (variances) or ``"sd"`` (Stata's ``stddev``); ``dfmethod``:
-        ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for cluster-robust SEs.
+        ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for cluster-robust SEs;
+        ``digits``: significant digits of the numbers (Stata's 7).
         """
         level = self.display_level if level is None else level
         dfmethod = self.display_dfmethod if dfmethod is None else dfmethod
         vce = self.display_vce if vce is None else vce
-        return Summary(text.summary_text(self.record, level, scale or self.display_scale, dfmethod, vce))
+        return Summary(text.summary_text(self.record, level, scale or self.display_scale, dfmethod, vce, digits))
 
     def to_dict(self, ranef: bool = False, dfmethod: str | None = None) -> dict:
         """JSON-ready dictionary of the results (the CLI's ``--json`` layout)."""
         return serialize.results_dict(self.record, ranef=ranef, dfmethod=dfmethod)
 
-    def report(self, path, x: str | None = None, time: str | None = None, by: str | None = None, progress: bool = True):
+    def report(
+        self,
+        path,
+        x: str | None = None,
+        time: str | None = None,
+        by: str | None = None,
+        progress: bool = True,
+        digits: int = 7,
+    ):
         """Write a self-contained HTML report (tables, ICC, ranking, plots); see :mod:`mixedfx.present.report`."""
         inputs = (self.source,) if self.source is not None else ()
         return report.write_report(
-            self.record, path, x=x, time=time, by=by, progress=progress, scale=self.display_scale, inputs=inputs
+            self.record,
+            path,
+            x=x,
+            time=time,
+            by=by,
+            progress=progress,
+            scale=self.display_scale,
+            inputs=inputs,
+            digits=digits,
         )
 
     def _repr_html_(self) -> str:

@@ -32,6 +32,13 @@ from ..results import FitRecord
 from ..spec.expressions import quote_name
 
 
+def level_label(value) -> str:
+    """A level as a reader writes it: ``1`` rather than ``1.0`` for a whole number stored as float."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def as_record(fit) -> FitRecord:
     """The record of a fitted model: a :class:`~mixedfx.results.FitRecord`, or the facade holding one."""
     return fit if isinstance(fit, FitRecord) else fit.record
@@ -57,7 +64,7 @@ def trajectories(
         for g in groups:
             rows = part[part[group] == g].sort_values(x)
             ax.plot(rows[x], rows[y], color="0.35", linewidth=0.7, alpha=0.6, marker="o", markersize=2)
-        ax.set_title(f"{by} = {level}" if by else f"{y} by {group}")
+        ax.set_title(f"{by} = {level_label(level)}" if by else f"{y} by {group}")
         ax.set_xlabel(x)
     axes[0].set_ylabel(y)
     fig.suptitle(f"Observed trajectories of {y} ({group})")
@@ -168,7 +175,7 @@ def predicted_curves(
             color=colour,
             linestyle=style,
             linewidth=2,
-            label="population mean" if level is None else f"mean, {by} = {level}",
+            label="population mean" if level is None else f"mean, {by} = {level_label(level)}",
         )
         ax.fill_between(part[x], part["lower"], part["upper"], color=colour, alpha=0.15)
     individuals = curves[curves["curve"] != "population"]
@@ -292,7 +299,7 @@ def mean_curves(fit, x: str, by: str | None = None) -> Figure:
         colour, style, marker = STYLES[k % len(STYLES)]
         part = frame if level is None else frame[frame[by] == level]
         curve = part.groupby(x)["xb"].mean().sort_index()
-        label = "population mean" if level is None else f"{by} = {level}"
+        label = "population mean" if level is None else f"{by} = {level_label(level)}"
         ax.plot(curve.index, curve.to_numpy(), color=colour, linestyle=style, linewidth=1.8, label=label)
     ax.set_xlabel(x)
     ax.set_ylabel(f"predicted mean {record.design.response_name}")

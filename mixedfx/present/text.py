@@ -15,7 +15,7 @@ from ..analysis.lrtest import lr_test_vs_linear
 from ..analysis.varcomp import icc, varcomp_table
 from ..analysis.wald import coef_table, wald_chi2
 from ..results import FitRecord
-from ..spec.options import confidence_level
+from ..spec.options import confidence_level, display_digits
 
 
 def stata_number(x: float, digits: int = 7, width: int = 8) -> str:
@@ -48,15 +48,27 @@ def stata_abbrev(name: str, length: int) -> str:
     return name if len(name) <= length else f"{name[: length - 2]}~{name[-1]}"
 
 
+def unambiguous_width(names: list[str], width: int) -> int:
+    """``width`` when Stata's abbreviations of ``names`` stay distinct, else the longest name's length.
+
+    Stata abbreviates to 12 characters; two interaction terms can then read alike
+    (``c.lrt_grou~e`` twice), and a table must never leave the reader guessing which row is which.
+    """
+    abbreviated = {stata_abbrev(name, width) for name in names}
+    if len(abbreviated) == len(set(names)):
+        return width
+    return max(width, *(len(name) for name in names))
+
+
 _PARAMETER = re.compile(r"^(sd|var|corr|cov)\((.*)\)$")
 
 
-def _abbreviate_parameter(label: str) -> str:
-    """``sd(lrt_groupc)`` -> ``sd(lrt_gr~c)``: random-effect names in at most 8 characters, as Stata."""
+def _abbreviate_parameter(label: str, length: int = 8) -> str:
+    """``sd(lrt_groupc)`` -> ``sd(lrt_gr~c)``: random-effect names in at most ``length`` characters, as Stata."""
     match = _PARAMETER.match(label)
     if match is None or match.group(2) == "Residual":
         return label
-    inner = ",".join(stata_abbrev(part, 8) for part in match.group(2).split(","))
+    inner = ",".join(stata_abbrev(part, length) for part in match.group(2).split(","))
     return f"{match.group(1)}({inner})"
 
 
@@ -125,7 +137,8 @@ def _fixed_table(
     """Coefficient table with the intercept last, as Stata shows it (t and df with ``dfmethod``)."""
     table = coef_table(result, level, dfmethod=dfmethod, vce=vce)
     order = [n for n in table.index if n != "(Intercept)"] + [n for n in table.index if n == "(Intercept)"]
-    width = 12  # Stata's column: longer names are abbreviated
+    names = [_display_name(n) for n in order]
+    width = unambiguous_width(names + [result.design.response_name], 12)  # Stata's column: longer names abbreviated
     pct = f"{confidence_level(level) * 100:g}%"
     stat = "t" if dfmethod else "z"
     df_head = "        df" if dfmethod else ""
@@ -155,7 +168,9 @@ def _fixed_table(
 def _random_table(result: FitRecord, level: float, scale: str, digits: int = 7) -> list[str]:
     """Random-effects parameters with SEs and CIs, grouped by level and structure."""
     table = varcomp_table(result, level, scale)
-    width = max([27] + [len(_abbreviate_parameter(p)) + 4 for p in table["parameter"]])
+    labels = list(table["parameter"])
+    length = 8 if len({_abbreviate_parameter(p) for p in labels}) == len(set(labels)) else 10**6
+    width = max([27] + [len(_abbreviate_parameter(p, length)) + 4 for p in labels])
     pct = f"{confidence_level(level) * 100:g}%"
     rule = "-" * (width + 1) + "+" + "-" * 50
     lines = [
@@ -174,7 +189,7 @@ def _random_table(result: FitRecord, level: float, scale: str, digits: int = 7) 
             current = key
             lines.append(f"{row['group'] + ': ' + row['structure']:<{width}} |")
         numbers = f"{_cells(row, ['estimate', 'se'], digits)}    {_cells(row, ['lower', 'upper'], digits, gap='  ')}"
-        lines.append(f"{_abbreviate_parameter(row['parameter']):>{width - 2}}   | {numbers}")
+        lines.append(f"{_abbreviate_parameter(row['parameter'], length):>{width - 2}}   | {numbers}")
     lines.append("-" * len(rule))
     return lines
 
@@ -193,6 +208,7 @@ def summary_text(
     ``dfmethod``: ``"satterthwaite"`` or ``"kroger"`` for t tests; ``vce="robust"`` for
     cluster-robust standard errors; ``digits``: significant digits of the numbers (Stata's 7).
     """
+    digits = display_digits(digits)
     lines = _header(result, level, digits)
     if not result.converged and not result.optimum.moved:
         lines += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from scipy.stats import norm
 
 from ..errors import OptionError
@@ -58,3 +59,15 @@ def confidence_level(level: float) -> float:
 def two_sided_quantile(level: float) -> float:
     """The standard normal quantile of a two-sided interval at ``level`` percent (1.96 for 95)."""
     return float(norm.ppf(0.5 + confidence_level(level) / 2))
+
+
+#: Significant digits a table cell can show: Stata's ``%9.0g`` holds at most 7 in its 8 characters.
+DIGITS_RANGE = (1, 7)
+
+
+def display_digits(digits: int) -> int:
+    """``digits`` (significant digits of printed numbers) checked: a whole number from 1 to 7."""
+    low, high = DIGITS_RANGE
+    if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or not low <= digits <= high:
+        raise OptionError(f"digits must be a whole number from {low} to {high} (significant digits), not {digits!r}.")
+    return int(digits)

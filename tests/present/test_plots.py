@@ -32,7 +32,7 @@ def test_trajectories_paneled_by_gender():
     data = mixedfx.datasets.load_asian()
     fig = plots.trajectories(data, "age", "weight", "id", by="girl", max_groups=50)
     assert len(fig.axes) == 2
-    assert len(fig.axes[0].lines) == 50 and fig.axes[0].get_title() == "girl = 0.0"
+    assert len(fig.axes[0].lines) == 50 and fig.axes[0].get_title() == "girl = 0"  # not 0.0
     assert fig.axes[0].get_ylabel() == "weight"
     _labelled(fig)
 
@@ -119,4 +119,5 @@ def test_cluster_scatter_predicted_lines_and_mean_curves(schools):
                          mixedfx.datasets.load_asian(), method="ml")  # fmt: skip
     fig = plots.mean_curves(growth, "age", by="girl")
     assert len(fig.axes[0].lines) == 2
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["girl = 0", "girl = 1"]
     _labelled(fig)

@@ -1,4 +1,4 @@
-"""Confidence levels are percentages everywhere (Stata's unit); anything else is refused."""
+"""Confidence levels are percentages everywhere (Stata's unit); display digits 1-7; anything else is refused."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from scipy import stats as st
 import mixedfx
 from mixedfx.cli import main
 from mixedfx.errors import OptionError
-from mixedfx.spec.options import confidence_level, two_sided_quantile
+from mixedfx.spec.options import confidence_level, display_digits, two_sided_quantile
 from mixedfx.spec.stata import parse_mixed
 
 
@@ -48,3 +48,19 @@ def test_intervals_are_ordered_and_widen_with_the_level(sleepstudy):
     fit = mixedfx.fit("Reaction ~ Days + (Days | Subject)", sleepstudy)
     narrow, wide = fit.re_table(level=80), fit.re_table(level=99)
     assert np.all(narrow["lower"] <= narrow["upper"]) and np.all(wide["lower"] < narrow["lower"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 8, 2.5, True, "5"])
+def test_bad_digits_are_refused(bad, sleepstudy):
+    with pytest.raises(OptionError, match="digits must be a whole number from 1 to 7"):
+        display_digits(bad)
+    fit = mixedfx.fit("Reaction ~ Days + (1 | Subject)", sleepstudy)
+    with pytest.raises(OptionError, match="digits"):
+        fit.summary(digits=bad)
+
+
+def test_fewer_digits_round_the_table(sleepstudy):
+    fit = mixedfx.fit("Reaction ~ Days + (1 | Subject)", sleepstudy)
+    assert display_digits(np.int64(3)) == 3
+    assert "10.467" in str(fit.summary()) and "10.467" not in str(fit.summary(digits=3))
+    assert " 10.5 " in str(fit.summary(digits=3))
