@@ -21,7 +21,7 @@ from .data.io import read_data
 from .data.reduce.chunks import reduce_dask
 from .data.reduce.reduced import ReducedData
 from .data.reduce.sqlscan import reduce_duckdb
-from .errors import OptionError
+from .errors import DataError, OptionError
 from .fitting import pipeline
 from .fitting.rside import fit_rside
 from .present import html, report, serialize, text
@@ -467,6 +467,8 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) 
         frame = frame.iloc[parse_range(spec["in"], len(frame))]
     if spec["if"] is not None:
         frame = frame.loc[evaluate_condition(spec["if"], frame)]
+    if frame.empty:
+        raise DataError("The if/in qualifiers select no observations (Stata: no observations).")
     result = fit(
         spec["formula"],
         frame,

@@ -25,6 +25,19 @@ def _stata_numbers(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.inf, values)
 
 
+def _is_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, np.ndarray) and value.dtype == object)
+
+
+def _check_comparable(left, right, node: ast.Compare) -> None:
+    """Text compared with a number is Stata's "type mismatch", never an all-false selection."""
+    if _is_text(left) != _is_text(right):
+        raise DataError(
+            f"type mismatch in the if condition {ast.unparse(node)!r}: it compares text with a number "
+            "(write text values in double quotes, or compare a numeric variable)."
+        )
+
+
 class _Evaluator:
     def __init__(self, data: pd.DataFrame):
         self.data = data
@@ -56,6 +69,7 @@ class _Evaluator:
             result, left = True, self(node.left)
             for op, right_node in zip(node.ops, node.comparators):
                 right = self(right_node)
+                _check_comparable(left, right, node)
                 result = np.logical_and(result, _COMPARE[type(op)](left, right))
                 left = right
             return result

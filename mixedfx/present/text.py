@@ -279,6 +279,24 @@ def group_text(result: FitRecord) -> str:
     return "\n".join(lines)
 
 
-def matrix_text(title: str, frame, digits: int = 4) -> str:
-    """A labelled matrix (Stata's ``estat recovariance``/``wcorrelation`` output), rounded."""
-    return f"{title}\n\n{frame.round(digits).to_string()}"
+def matrix_text(title: str, frame, columns_per_panel: int = 6) -> str:
+    """A symmetric labelled matrix as Stata's ``estat recovariance``/``wcorrelation`` print it.
+
+    The lower triangle in Stata's number format, names abbreviated to 8 characters,
+    ``(Intercept)`` as ``_cons`` and moved last (Stata lists slopes first), and wide
+    matrices in panels of ``columns_per_panel`` columns.
+    """
+    names = list(frame.index)
+    order = [n for n in names if n != "(Intercept)"] + [n for n in names if n == "(Intercept)"]
+    frame = frame.loc[order, order]
+    labels = [stata_abbrev(_display_name(str(n)), 8) for n in order]
+    values = frame.to_numpy(dtype=float)
+    lines = [title]
+    for start in range(0, len(order), columns_per_panel):
+        stop = min(start + columns_per_panel, len(order))
+        lines += ["", f"{'':>12} |" + "".join(f"{label:>11}" for label in labels[start:stop])]
+        lines.append("-" * 13 + "+" + "-" * (11 * (stop - start)))
+        for i in range(start, len(order)):
+            cells = "".join(stata_number(values[i, j]).rjust(11) for j in range(start, min(stop, i + 1)))
+            lines.append(f"{labels[i]:>12} |{cells}")
+    return "\n".join(lines)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import mixedfx
-from mixedfx.errors import FormulaError, OptionError
+from mixedfx.cli import main
+from mixedfx.errors import DataError, FormulaError, OptionError
 from mixedfx.spec.stata import parse_mixed
 
 
@@ -87,12 +88,29 @@ def test_vce_dfmethod_and_predict_follow_the_command(sleepstudy):
 
 
 def test_stata_command_line(capsys):
-    from mixedfx.cli import main
-
     command = "mixed weight age_c age_sp girl age_c_girl age_sp_girl || id:, variance"
     assert main(["stata", "asian", command, "--estat", "icc", "--estat", "group", "--estat", "recovariance"]) == 0
     out = capsys.readouterr().out
     assert "Mixed-effects ML regression" in out and "Intraclass correlation" in out and "No. of" in out
+
+
+def test_estat_recovariance_prints_as_stata(capsys):
+    command = "mixed gcse lrt_groupc || school: lrt_groupc, cov(uns) reml"
+    assert main(["stata", "exam", command, "--estat", "recovariance"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = out.index("Random-effects covariance matrix for level school")
+    assert out[header + 2].split() == ["|", "lrt_gr~c", "_cons"]  # slopes first, Stata's names
+    assert out[header + 4].split()[:2] == ["lrt_gr~c", "|"] and len(out[header + 4].split()) == 3  # lower triangle
+    assert out[header + 5].split()[0] == "_cons" and len(out[header + 5].split()) == 4
+
+
+def test_if_conditions_refuse_type_mismatch_and_empty_selections(exam):
+    with pytest.raises(DataError, match="type mismatch.*schgend == 1"):
+        mixedfx.mixed("mixed gcse lrt if schgend == 1 || school:", exam)
+    with pytest.raises(DataError, match="select no observations"):
+        mixedfx.mixed("mixed gcse lrt if lrt > 1000 & lrt < . || school:", exam)
+    girls = mixedfx.mixed('mixed gcse lrt if schgend == "girls" || school:', exam)
+    assert girls.nobs == int((exam["schgend"] == "girls").sum())
 
 
 def test_conditions_cannot_reach_python(exam):
