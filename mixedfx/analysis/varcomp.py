@@ -329,8 +329,9 @@ def _rside_rows(rside, r_cov: np.ndarray, z: float, title: str) -> list[dict]:
     """R-side parameters on their natural scale with delta-method SEs.
 
     Intervals: from the unconstrained scale for single-parameter transforms (correlations
-    through tanh, SD ratios through exp); through atanh for correlations that depend on
-    several parameters (unstructured).
+    through tanh, SD ratios through exp, the exponential's rho through its log range, as
+    nlme's ``intervals``); through atanh for correlations that depend on several parameters
+    (unstructured).
     """
     params = rside.model.structure.params
     u = rside.u

@@ -10,7 +10,7 @@ type           corr(e_s, e_t) (``d = |t_s - t_t|``)                   parameters
 independent    0                                                     none
 exchangeable   rho                                                   rho
 ar1            rho^d (``t`` integer occasions; gaps allowed)         rho
-exponential    rho^d (``t`` continuous time; CAR(1))                 rho in (0, 1)
+exponential    rho^d (``t`` continuous time; CAR(1))                 rho in [0, 1)
 ma1            rho if d = 1, else 0                                  rho (|rho| < 0.5)
 toeplitz K     rho_d for d <= K, else 0                              rho_1..rho_K
 banded K       unstructured within lag K (own SD per occasion)       SDs, rho_st for d <= K
@@ -21,6 +21,12 @@ unstructured   own SD per occasion, rho_st for every pair            SDs, all rh
 for correlated types, its own correlation parameters (as Stata does).  Variance functions
 of a covariate multiply the SD by ``|v|^delta`` (power) or ``exp(delta v)`` (exponential).
 Without ``t()``, the occasion is the row's position within its cluster (1, 2, ...).
+
+The exponential's ``rho`` is estimated through its log range, ``rho = exp(-1 / range)``
+with ``range = s exp(u)`` and ``s`` the median gap between a cluster's consecutive times
+(as nlme's ``corExp``): ``u`` in [-8, 8] then spans correlations at the typical gap from
+``exp(-e^8)`` (none) to ``exp(-e^-8)`` (almost 1) whatever the unit of time, whereas a
+logistic ``rho`` stops at ``rho = 3e-4``, which still correlates times 0.1 apart by 0.45.
 
 Likelihood: for fixed R-parameters ``u`` each cluster's ``[Z X y]`` is whitened by the
 Cholesky factor of ``R_i`` (clusters of equal size batched together); the per-cluster
@@ -46,7 +52,7 @@ class RParameters:
     """Layout of the unconstrained R-side parameter vector and its natural-scale labels."""
 
     labels: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)  # "rho", "rho_pos", "rho_ma", "pacf", "chol", "lsd", "delta"
+    kinds: list[str] = field(default_factory=list)  # "rho", "log_range", "rho_ma", "pacf", "chol", "lsd", "delta"
     groups: list[int] = field(default_factory=list)  # by-level of each parameter (0 if none)
     band: int | None = None  # "chol" correlations: within this many occasions (None: all pairs)
 
@@ -56,6 +62,7 @@ class RParameters:
         self.groups.append(group)
 
     n_occasions: int = 0
+    time_scale: float = 1.0  # "log_range": the median gap between consecutive times
 
     def natural(self, u: np.ndarray) -> np.ndarray:
         """Parameters on their natural scale: correlations, SD ratios, variance-function powers."""
@@ -63,8 +70,8 @@ class RParameters:
         for k, kind in enumerate(self.kinds):
             if kind == "rho":
                 out[k] = np.tanh(u[k])
-            elif kind == "rho_pos":
-                out[k] = 1.0 / (1.0 + np.exp(-u[k]))
+            elif kind == "log_range":  # rho = exp(-1 / range), range = time_scale * exp(u)
+                out[k] = np.exp(-np.exp(-u[k]) / self.time_scale)
             elif kind == "rho_ma":
                 out[k] = 0.5 * np.tanh(u[k])
             elif kind == "lsd":
@@ -160,8 +167,9 @@ class RStructure:
             tag = f" ({spec.by}={level})" if spec.by is not None else ""
             if spec.kind in ("ar1", "exchangeable"):
                 p.add(f"rho{tag}", "rho", g)
-            elif spec.kind == "exponential":  # rho^d with continuous d needs rho in (0, 1)
-                p.add(f"rho{tag}", "rho_pos", g)
+            elif spec.kind == "exponential":  # rho^d with continuous d needs rho in [0, 1)
+                p.add(f"rho{tag}", "log_range", g)
+                p.time_scale = typical_gap(self.time, self.clusters)
             elif spec.kind == "ma1":
                 p.add(f"rho1{tag}", "rho_ma", g)
             elif spec.kind == "toeplitz":  # as MA(K): positive definite everywhere (see ma_autocorrelation)
@@ -187,6 +195,21 @@ class RStructure:
 
     def start(self) -> np.ndarray:
         return np.zeros(self.n_params)
+
+    #: The correlation of :meth:`weak_start`.
+    WEAK_CORRELATION = 0.1
+
+    def weak_start(self) -> np.ndarray:
+        """Unconstrained parameters of weakly correlated residuals (correlations 0.1, equal SDs).
+
+        A second starting point: from :meth:`start` (``rho = 0.5`` for the exponential) the
+        residual correlation may absorb the random effects' share of the covariance and end at
+        a boundary optimum (a variance of zero) that a start with weak correlation avoids.
+        """
+        r = self.WEAK_CORRELATION
+        values = {"rho": np.arctanh(r), "log_range": -np.log(-np.log(r)), "rho_ma": np.arctanh(2 * r),
+                  "pacf": np.arctanh(r), "chol": r}  # fmt: skip
+        return np.array([values.get(kind, 0.0) for kind in self.params.kinds])
 
     # -------------------------------------------------------------- R_i
     def sd_multipliers(self, u: np.ndarray) -> np.ndarray:
@@ -223,18 +246,20 @@ class RStructure:
             return eye
         nat = self.params.natural(u)
         d = np.abs(t[:, :, None] - t[:, None, :])
-        mine = [
-            i for i, g in enumerate(self.params.groups) if self.params.kinds[i] in ("rho", "rho_pos", "rho_ma", "pacf")
-        ]
+        correlations = ("rho", "log_range", "rho_ma", "pacf")
+        mine = [i for i, kind in enumerate(self.params.kinds) if kind in correlations]
         per_group = {}
-        for i in mine:
-            per_group.setdefault(self.params.groups[i], []).append(nat[i])
+        for i in mine:  # the exponential's decay rate 1 / range, exact where rho underflows
+            value = np.exp(-u[i]) / self.params.time_scale if self.params.kinds[i] == "log_range" else nat[i]
+            per_group.setdefault(self.params.groups[i], []).append(value)
         rho = np.array([per_group.get(g, [0.0]) for g in group.tolist()] if per_group else [[0.0]] * k)
         off = ~np.eye(n, dtype=bool)[None]
         if kind == "exchangeable":
             return np.where(off, rho[:, :1, None], 1.0) * np.ones((k, n, n))
-        if kind in ("ar1", "exponential"):
+        if kind == "ar1":
             return np.power(rho[:, :1, None], d)
+        if kind == "exponential":  # rho^d = exp(-d / range)
+            return np.exp(-d * rho[:, :1, None])
         if kind == "ma1":
             return eye + np.where(d == 1, rho[:, :1, None], 0.0)
         if kind == "toeplitz":
@@ -249,6 +274,15 @@ class RStructure:
             idx = [i for i, k_ in enumerate(self.params.kinds) if k_ == "chol" and self.params.groups[i] == g]
             table[g] = unstructured_correlation(u[idx], n_occ, self.params.band) - np.eye(n_occ)
         return eye + table[group[:, None, None], occ[:, :, None], occ[:, None, :]] * off
+
+
+def typical_gap(time: np.ndarray, clusters: np.ndarray) -> float:
+    """The median positive gap between consecutive times within clusters (1 when there is none)."""
+    order = np.lexsort((time, clusters))
+    t, c = time[order], clusters[order]
+    gaps = np.diff(t)[np.diff(c) == 0]
+    gaps = gaps[gaps > 0]
+    return float(np.median(gaps)) if gaps.size else 1.0
 
 
 def _fmt(value: float) -> str:

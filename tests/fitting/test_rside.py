@@ -1,6 +1,7 @@
 """Residual covariance structures: nlme references, dense likelihood checks, equivalences, errors."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import mixedfx
 from conftest import load_reference
 from mixedfx.cli import main
 from mixedfx.errors import DataError, OptionError
+from mixedfx.fitting.rside import bound_description
 from mixedfx.spec.residuals import parse_residuals
 
 
@@ -67,8 +69,8 @@ def _correlation(kind, t, u, order=0, occasions=None):
         return np.where(d == d.T, np.tanh(u[0]), 0) * (1 - np.eye(n)) + np.eye(n)
     if kind == "ar1":
         return np.tanh(u[0]) ** d
-    if kind == "exponential":
-        return (1 / (1 + np.exp(-u[0]))) ** d
+    if kind == "exponential":  # rho = exp(-1 / range), range = (median consecutive gap) * exp(u)
+        return np.exp(-d * np.exp(-u[0]) / _median_gap())
     if kind == "ma1":
         return np.eye(n) + (d == 1) * 0.5 * np.tanh(u[0])
     if kind == "toeplitz":  # MA(order) with partial autocorrelations tanh(u), autocorrelations from statsmodels
@@ -84,6 +86,11 @@ def _correlation(kind, t, u, order=0, occasions=None):
     S = L @ L.T
     full = S / np.sqrt(np.outer(np.diag(S), np.diag(S)))
     return full[np.ix_(idx, idx)] * np.outer(sd, sd)
+
+
+def _median_gap(seed=0):
+    gaps = _data(seed).sort_values(["g", "tc"]).groupby("g")["tc"].diff().dropna()
+    return float(np.median(gaps[gaps > 0]))
 
 
 def _data(seed=0):
@@ -317,9 +324,46 @@ def test_marginal_structures_match_nlme_gls(sleepstudy, name, method):
         np.testing.assert_allclose(sorted(corr), sorted(ref["corr"]), rtol=2e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("case", ["linear_REML", "spline_ML"])
+def test_car1_random_intercept_matches_nlme_and_escapes_the_boundary_optimum(case):
+    """nlme lme + corExp (Stata's exponential, rho = exp(-1/range)) on the growth data.
+
+    For ``weight ~ age`` the likelihood has a boundary optimum (var(id) = 0, rho = .19, loglik
+    -2777.857) beside the interior one (-2776.269) that the default start runs into.
+    """
+    ref = load_reference("asian_car1_nlme")[case]
+    asian = mixedfx.datasets.load_asian().drop_duplicates(["id", "age"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no singular-fit or convergence warning
+        fit = mixedfx.fit(f"{ref['formula']} + (1 | id)", asian, residuals="exponential, t(age)",
+                          method=ref["method"].lower())  # fmt: skip
+    assert fit.nobs == ref["nobs"]
+    assert fit.loglik > ref["loglik"] - 1e-6 and fit.loglik == pytest.approx(ref["loglik"], abs=1e-4)
+    np.testing.assert_allclose(fit.fixef.to_numpy(), list(ref["fixef"].values()), rtol=1e-4)
+    np.testing.assert_allclose(fit.se.to_numpy(), list(ref["se"].values()), rtol=2e-3)
+    assert fit.G["id"].iloc[0, 0] == pytest.approx(ref["var_id"], rel=2e-3)
+    assert fit.sigma == pytest.approx(ref["sigma"], rel=1e-3)
+    assert fit.rside.natural()[0] == pytest.approx(ref["rho"], rel=5e-3, abs=1e-5)
+
+
 def test_a_duplicated_visit_names_its_cluster_and_rows():
     asian = mixedfx.datasets.load_asian()  # child 4326 was weighed twice at the same age
     with pytest.raises(DataError, match=r"Cluster 4326 of 'id' has two observations at the same age .*rows 1323, 1324"):
         mixedfx.fit("weight ~ age + (1 | id)", asian, residuals="exponential, t(age)")
     fit = mixedfx.fit("weight ~ age + (1 | id)", asian.drop_duplicates(["id", "age"]), residuals="exponential, t(age)")
     assert fit.converged
+
+
+def test_exponential_reaches_independence_and_says_so():
+    """rho -> 0 is inside the exponential's parameter space (log range), whatever the unit of time."""
+    data = _data()
+    for unit in (1.0, 0.01):  # time in days or in hundreds of days: the same fit
+        scaled = data.assign(tc=data["tc"] * unit)
+        fit = mixedfx.fit("y ~ x + (1 | g)", scaled, residuals="exponential, t(tc)", method="ml")
+        assert fit.converged
+        independent = mixedfx.fit("y ~ x + (1 | g)", scaled, method="ml")
+        assert fit.loglik >= independent.loglik - 1e-8  # nests independence
+        assert fit.loglik == pytest.approx(independent.loglik, abs=1e-5)  # and here reaches it
+    structure = fit.rside.model.structure
+    assert "rho is at 0 (no residual correlation)" in bound_description(structure, np.array([-8.0]))
+    assert bound_description(structure, np.array([0.0])) == ""
