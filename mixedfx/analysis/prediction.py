@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from ..data.columns import check_columns, check_new_levels, lme4_name, required_variables
+from ..data.columns import check_columns, check_new_levels, lme4_name, offset_values, required_variables
 from ..data.design import ReBlock
 from ..data.levels import factor_labels
 from ..data.transforms import formula_context
@@ -42,7 +42,8 @@ def _fixed_matrix(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
     """Fixed-effects design of new data, in the fitted model's columns."""
     check_new_levels(result.design.fixed_spec, data)
     try:
-        mm = result.design.fixed_spec.get_model_matrix(data, na_action="raise", context=formula_context())
+        with np.errstate(all="ignore"):  # undefined values (sqrt(-1)) give NaN predictions, with a warning
+            mm = result.design.fixed_spec.get_model_matrix(data, na_action="ignore", context=formula_context())
     except Exception as exc:  # formulaic raises several types for bad new data
         raise DataError(f"Cannot build the fixed effects for the new data: {exc}") from exc
     frame = pd.DataFrame(np.asarray(mm, dtype=float), columns=[lme4_name(str(c)) for c in mm.columns])
@@ -54,9 +55,9 @@ def _random_matrix(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
     parts = []
     for term in block.terms:
         try:
-            parts.append(
-                np.asarray(term.spec.get_model_matrix(data, na_action="raise", context=formula_context()), dtype=float)
-            )
+            with np.errstate(all="ignore"):
+                mm = term.spec.get_model_matrix(data, na_action="ignore", context=formula_context())
+            parts.append(np.asarray(mm, dtype=float))
         except Exception as exc:
             raise DataError(f"Cannot build random term ({term.expr} | {block.name}) for the new data: {exc}") from exc
     return np.hstack(parts)
@@ -80,8 +81,30 @@ def _complete_new_rows(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
     needed = set(required_variables(design.formula.fixed_formula, "the fixed part")) - {design.formula.response}
     for term in design.formula.random:
         needed |= required_variables(term.expr, f"random term ({term.expr} | {term.group_name})")
+    for expr in design.formula.offsets:
+        needed |= required_variables(f"0 + I({expr})", f"offset({expr})")
     check_columns(needed, data, "the new data")
     return data[sorted(needed)].notna().all(axis=1).to_numpy() if needed else np.ones(len(data), dtype=bool)
+
+
+def _defined_rows(result: FitRecord, X: np.ndarray, Zs: list[np.ndarray], offset: np.ndarray | None) -> np.ndarray:
+    """Rows whose model columns are all finite; warns, naming a column, when some are not
+    (a transformation undefined there, such as ``sqrt(x)`` at ``x < 0``: R's NaN)."""
+    names = result.design.fixed_names + [n for b in result.design.blocks for n in b.names]
+    columns = np.column_stack([X] + Zs + ([offset[:, None]] if offset is not None else []))
+    if offset is not None:
+        names = names + ["the offset"]
+    finite = np.isfinite(columns)
+    defined = finite.all(axis=1)
+    if not defined.all():
+        column = names[int(np.flatnonzero(~finite.all(axis=0))[0])]
+        warnings.warn(
+            f"{int((~defined).sum())} new row(s) have an undefined value of {column} (e.g. a logarithm of "
+            "zero or a square root of a negative number); their predictions are NaN.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return defined
 
 
 def predict(
@@ -109,6 +132,7 @@ def predict(
         Zs = [b.Z for b in design.blocks]
         codes = [b.codes for b in design.blocks]
         index = design.row_index
+        offset = design.offset
     else:
         complete = _complete_new_rows(result, data)
         if not complete.all():
@@ -121,9 +145,16 @@ def predict(
             return out.reindex(data.index)
         X = _fixed_matrix(result, data)
         Zs = [_random_matrix(b, data) for b in design.blocks]
+        offset = offset_values(design.formula, data)
+        defined = _defined_rows(result, X, Zs, offset)
+        if not defined.all():
+            out = predict(result, data[defined], level, interval, conf_level, strict)
+            return out.reindex(data.index)
         codes = [_new_codes(b, data) for b in design.blocks]
         index = data.index
     xb = X @ result.fixef.to_numpy()
+    if offset is not None:  # a known part of the mean: no variance
+        xb = xb + offset
     V = result.vcov.to_numpy()
     se_fixed = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
     prediction = xb.copy()
@@ -178,7 +209,7 @@ def residuals(result: FitRecord, level: str = "subject", kind: str = "raw") -> p
     if kind not in ("raw", "pearson"):
         raise OptionError(f"kind must be 'raw' or 'pearson', not {kind!r}.")
     fit = fitted(result, level).to_numpy()
-    res = result.design.y - fit
+    res = result.design.observed - fit
     if kind == "pearson":
         w = result.design.weights if result.design.weights is not None else 1.0
         res = res * np.sqrt(w) / result.sigma

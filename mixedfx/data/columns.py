@@ -21,18 +21,16 @@ from ..errors import DataError, FormulaError, suggest
 from ..spec.expressions import factor_variables
 from ..spec.formula import ParsedFormula, RandomTerm
 from ..spec.rsyntax import r_column_name
-from .transforms import formula_context
+from .transforms import calls_stateful, formula_context
 
 #: Exceptions formulaic raises for formulas or data it cannot handle.
 FORMULAIC_ERRORS = (FormulaicError, SyntaxError, ValueError, TypeError, KeyError)
 
 
 def lme4_name(name: str) -> str:
-    """Translate a formulaic column name into lme4's: ``sex[T.M]`` -> ``sexM``, ``I(x ** 2)`` -> ``I(x^2)``."""
-    if name == "Intercept":
-        return "(Intercept)"
-    name = re.sub(r"\[T\.([^\]]*)\]", r"\1", name)
-    return r_column_name(re.sub(r"\[([^\]]*)\]", r"\1", name))
+    """Translate a formulaic column name into lme4's (:func:`~mixedfx.spec.rsyntax.r_column_name`):
+    ``sex[T.M]`` -> ``sexM``, ``I(x ** 2)`` -> ``I(x^2)``, ``Intercept`` -> ``(Intercept)``."""
+    return "(Intercept)" if name == "Intercept" else r_column_name(name)
 
 
 @lru_cache(maxsize=256)
@@ -180,6 +178,33 @@ def fixed_matrices(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarra
     rhs = matrices.rhs
     X = np.asarray(rhs, dtype=float)
     return y, X, [lme4_name(str(c)) for c in rhs.columns], rhs.model_spec
+
+
+def offset_values(parsed: ParsedFormula, data: pd.DataFrame) -> np.ndarray | None:
+    """The summed ``offset(...)`` terms of the formula on ``data`` (None without offsets).
+
+    Offsets are evaluated row by row, so they may not call stateful transforms (whose state
+    would be relearnt on new data): ``offset(log(n))`` is fine, ``offset(scale(n))`` is refused.
+    """
+    if not parsed.offsets:
+        return None
+    total = np.zeros(len(data))
+    for expr in parsed.offsets:
+        if calls_stateful(expr):
+            raise FormulaError(
+                f"offset({expr}) calls {calls_stateful(expr)}(), whose value depends on the whole column; "
+                "compute the offset in the data first."
+            )
+        try:
+            with np.errstate(all="ignore"):
+                mm = model_matrix(parsed_formula(f"0 + I({expr})"), data, na_action="ignore", context=formula_context())
+        except FORMULAIC_ERRORS as exc:
+            raise FormulaError(f"Cannot evaluate offset({expr}): {exc}") from exc
+        values = np.asarray(mm, dtype=float)
+        if values.shape[1] != 1:
+            raise FormulaError(f"offset({expr}) must be one numeric value per row, not {values.shape[1]} columns.")
+        total += values[:, 0]
+    return total
 
 
 def term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list[str], object]:

@@ -21,7 +21,7 @@ import pandas as pd
 from ..engine.covariance import BlockLayout, CovStructure
 from ..engine.stats import column_moments
 from ..errors import DataError, FormulaError, OptionError, suggest
-from ..spec.formula import ParsedFormula
+from ..spec.formula import ParsedFormula, expand_dot
 from ..spec.structures import canonical_structure
 from .checks import (
     check_enough_rows,
@@ -31,7 +31,7 @@ from .checks import (
     drop_aliased,
     weights_vector,
 )
-from .columns import check_columns, fixed_matrices, required_variables, term_columns
+from .columns import check_columns, fixed_matrices, offset_values, required_variables, term_columns
 from .levels import group_codes
 
 
@@ -125,6 +125,12 @@ class Design:
     n_rows: int | None = None  # the number of observations when the rows are not kept (reduced data)
     X_gram: np.ndarray | None = None  # D^-1 X'X D^-1 from the aliasing check, reused for the standardisation
     X_scales: np.ndarray | None = None  # D: the columns' largest magnitudes
+    offset: np.ndarray | None = None  # the summed offset(...) terms; y is the response minus them
+
+    @property
+    def observed(self) -> np.ndarray:
+        """The response as observed: ``y`` plus the offsets (``y`` is what the model fits)."""
+        return self.y if self.offset is None else self.y + self.offset
 
     @property
     def nobs(self) -> int:
@@ -197,6 +203,10 @@ def model_variables(parsed: ParsedFormula, columns) -> list[str]:
     fixed_vars = required_variables(parsed.fixed_formula, "the fixed part")
     check_columns(fixed_vars, columns, "the fixed part")
     variables = set(fixed_vars)
+    for expr in parsed.offsets:
+        offset_vars = required_variables(f"0 + I({expr})", f"offset({expr})")
+        check_columns(offset_vars, columns, f"offset({expr})")
+        variables |= offset_vars
     for term in parsed.random:
         where = f"random term ({term.expr} | {term.group_name})"
         term_vars = required_variables(term.expr, where) | set(term.factor)
@@ -226,6 +236,7 @@ def build_design(
     if len(data) == 0:
         raise DataError("The data set is empty.")
     data = data.rename(columns=str) if not all(isinstance(c, str) for c in data.columns) else data
+    parsed = expand_dot(parsed, data.columns, [weights] * isinstance(weights, str) + list(extra))
     check_covariance_keys(covariance, [(t.group_name, t.factor) for t in parsed.random])
     variables = set(model_variables(parsed, data))
     if isinstance(weights, str):
@@ -255,6 +266,10 @@ def build_design(
             frame[col] = frame[col].cat.remove_unused_categories()
     y, X, names, spec = fixed_matrices(parsed, frame)
     check_finite(y, [parsed.response], frame.index)
+    offset = offset_values(parsed, frame)
+    if offset is not None:
+        check_finite(offset, ["offset(" + " + ".join(parsed.offsets) + ")"], frame.index)
+        y = y - offset
     check_finite(X, names, frame.index)
     check_enough_rows(len(y), X.shape[1])
     X, names, dropped, gram, scales = drop_aliased(X, names)
@@ -274,6 +289,7 @@ def build_design(
         data=data if complete else data.loc[mask],
         X_gram=gram,
         X_scales=scales,
+        offset=offset,
     )
 
 

@@ -34,6 +34,7 @@ def results_dict(result: FitRecord, ranef: bool = False, dfmethod: str | None = 
     lr = lr_test_vs_linear(result)
     out = {
         "formula": result.formula,
+        "offsets": list(result.design.formula.offsets),
         "method": result.method,
         "nobs": result.nobs,
         "n_missing_dropped": result.n_missing,

@@ -159,6 +159,8 @@ def _fixed_table(
             f"{r[stat]:8.2f}  "
             f"{_pvalue(r['p'])}    {_cells(r, ['lower', 'upper'], digits, gap='  ')}"
         )
+    for expr in result.design.formula.offsets:  # as Stata lists an offset: coefficient 1
+        lines.append(f"{stata_abbrev(expr, width):>{width}} | {'1':>10}  (offset)")
     lines.append("-" * len(rule))
     if dfmethod:
         lines.append(f"Denominator degrees of freedom: {dfmethod}.")

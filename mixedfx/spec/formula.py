@@ -9,10 +9,21 @@ Random terms follow lme4:
 - ``(expr || g)``: the same columns with independent (diagonal) covariance;
 - ``g1/g2`` expands to the two factors ``g1`` and ``g2:g1`` (``g2`` nested in ``g1``);
 - ``g1:g2`` is the interaction factor (one level for each observed pair).
+
+Two fixed-part pieces are R's and not formulaic's:
+
+- ``offset(expr)``: a term with coefficient fixed at 1 (subtracted from the response for
+  the fit, added back to fitted values and predictions);
+- ``.``: every data column the model does not otherwise use (the response, grouping
+  factors, weights, offsets and residual-structure variables are left out; R would also
+  enter the grouping factors, confounding them with their random intercepts).  It is
+  expanded when the formula meets the data's columns (:func:`expand_dot`); ``. - x``
+  leaves out ``x`` as well.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -21,7 +32,7 @@ from formulaic import Formula
 from formulaic.errors import FormulaicError
 
 from ..errors import FormulaError, caret
-from .expressions import factor_variables
+from .expressions import expression_variables, factor_variables, quote_name
 from .rsyntax import translate
 
 
@@ -46,16 +57,27 @@ class RandomTerm:
 
 @dataclass(frozen=True)
 class ParsedFormula:
-    """A formula split into response, fixed part and random terms."""
+    """A formula split into response, fixed part, offsets and random terms.
+
+    ``offsets`` are the expressions inside ``offset(...)``; ``has_dot`` marks a fixed part
+    with R's ``.``, which must be expanded (:func:`expand_dot`) before the fixed part is used.
+    """
 
     text: str
     response: str
     fixed: str
     random: tuple[RandomTerm, ...] = field(default_factory=tuple)
+    offsets: tuple[str, ...] = ()
+    has_dot: bool = False
 
     @property
     def fixed_formula(self) -> str:
-        """The fixed part as a complete formaulaic formula ``response ~ fixed``."""
+        """The fixed part as a complete formulaic formula ``response ~ fixed``."""
+        if self.has_dot:
+            raise FormulaError(
+                f"The formula {self.text!r} uses '.', which stands for the data's other columns: "
+                "it is expanded when the formula meets the data."
+            )
         return f"{self.response} ~ {self.fixed}"
 
 
@@ -177,6 +199,17 @@ def _parse_random(piece: str, offset: int, full: str) -> list[RandomTerm]:
     ]
 
 
+def _call_argument(piece: str, name: str) -> str | None:
+    """The argument text of ``piece`` when it is one call ``name(...)``, else None."""
+    s = piece.strip()
+    if not s.startswith(name + "(") or not _wrapped_in_parentheses(s[len(name) :]):
+        return None
+    return s[len(name) + 1 : -1].strip()
+
+
+_DOT = re.compile(r"\.(\s*-\s*[^-]+)*")
+
+
 def parse_formula(formula: str) -> ParsedFormula:
     """Parse an lme4 formula such as ``"y ~ x + (1 + x | g)"``.
 
@@ -199,11 +232,25 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise FormulaError("The formula has nothing after '~':" + caret(text, len(text)))
     fixed_pieces: list[str] = []
     random_terms: list[RandomTerm] = []
+    offsets: list[str] = []
+    has_dot = False
     for piece, offset in _split_top_level(rhs, "+", tilde + 1, text):
         if not piece.strip():
             raise FormulaError("Empty term (two '+' in a row?):" + caret(text, offset))
-        if _wrapped_in_parentheses(piece) and _find_bar(piece.strip()[1:-1]) >= 0:
+        argument = _call_argument(piece, "offset")
+        if argument is not None:
+            if not argument:
+                raise FormulaError("offset() needs an expression, such as offset(log(exposure)):" + caret(text, offset))
+            offsets.append(argument)
+        elif _DOT.fullmatch(piece.strip()):
+            has_dot = True
+            fixed_pieces.append(piece.strip())
+        elif _wrapped_in_parentheses(piece) and _find_bar(piece.strip()[1:-1]) >= 0:
             random_terms.extend(_parse_random(piece, offset, text))
+        elif re.search(r"(?<![\w.])offset\(", piece):
+            raise FormulaError(
+                "offset(...) must be a term of its own (y ~ x + offset(z)), not part of another:" + caret(text, offset)
+            )
         elif "|" in piece:
             raise FormulaError(
                 "A '|' must be inside a parenthesised random term such as (1 | g):"
@@ -212,14 +259,49 @@ def parse_formula(formula: str) -> ParsedFormula:
         else:
             fixed_pieces.append(piece.strip())
     fixed = " + ".join(fixed_pieces) if fixed_pieces else "1"
-    parsed = ParsedFormula(text=original, response=response, fixed=fixed, random=tuple(random_terms))
+    for term in random_terms:
+        if re.search(r"(?<![\w.])offset\(", term.expr):
+            raise FormulaError(f"offset() belongs to the fixed part, not to the random term ({term.expr} | ...).")
+    parsed = ParsedFormula(original, response, fixed, tuple(random_terms), tuple(offsets), has_dot)
     _check_expressions(parsed)
     return parsed
 
 
+def expand_dot(parsed: ParsedFormula, columns, exclude=()) -> ParsedFormula:
+    """``parsed`` with R's ``.`` replaced by the columns of ``columns`` the model does not otherwise use.
+
+    Left out: the response, every grouping factor's variables, the offsets' variables and
+    ``exclude`` (weights, residual-structure variables).  A formula without ``.`` is returned as it is.
+    """
+    if not parsed.has_dot:
+        return parsed
+    used = {parsed.response} | {name for term in parsed.random for name in term.factor} | set(exclude)
+    used |= {name for expr in parsed.offsets for name in expression_variables(expr)}
+    others = [str(c) for c in columns if str(c) not in used]
+    if not others:
+        raise FormulaError(f"'.' in {parsed.text!r} stands for no column: the data have no other columns.")
+    group = "(" + " + ".join(quote_name(name) for name in others) + ")"
+    pieces = [piece.strip() for piece, _ in _split_top_level(parsed.fixed, "+", 0, parsed.fixed)]
+    pieces = [group + piece[1:] if _DOT.fullmatch(piece) else piece for piece in pieces]
+    expanded = dataclasses.replace(parsed, fixed=" + ".join(pieces), has_dot=False)
+    _check_expressions(expanded)
+    return expanded
+
+
+def with_fixed_part(parsed: ParsedFormula, fixed: str | None) -> ParsedFormula:
+    """``parsed`` with its fixed part replaced by ``fixed`` (a saved expansion of ``.``), checked
+    as every formula is; ``None`` leaves it as it is."""
+    if fixed is None or (fixed == parsed.fixed and not parsed.has_dot):
+        return parsed
+    replaced = dataclasses.replace(parsed, fixed=str(fixed), has_dot=False)
+    _check_expressions(replaced)
+    return replaced
+
+
 def _check_expressions(parsed: ParsedFormula) -> None:
     """Refuse, before any evaluation, a formula whose pieces are not safe expressions."""
-    pieces = [parsed.fixed_formula] + [term.expr for term in parsed.random]
+    fixed = [] if parsed.has_dot else [parsed.fixed_formula]
+    pieces = fixed + [f"0 + I({expr})" for expr in parsed.offsets] + [term.expr for term in parsed.random]
     for piece in pieces:
         try:
             formula = Formula(piece)

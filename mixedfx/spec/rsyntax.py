@@ -118,7 +118,80 @@ def translate(formula: str) -> str:
     return "".join(out)
 
 
+#: Characters after which ``[`` opens a list (an argument such as ``knots=[3, 6]``); after
+#: anything else it opens formulaic's level or column suffix (``sex[T.M]``, ``poly(x, 2)[1]``).
+_LIST_OPENERS = "=,(["
+
+_PYTHON_WORDS = {"True": "TRUE", "False": "FALSE", "None": "NULL", "as_numeric": "as.numeric"}
+
+
+def _suffix_end(name: str, start: int) -> int:
+    """Position of the ``]`` that closes the suffix opened at ``start`` (nested brackets counted)."""
+    depth = 0
+    for i in range(start, len(name)):
+        depth += name[i] == "["
+        depth -= name[i] == "]"
+        if depth == 0:
+            return i
+    return len(name)
+
+
 def r_column_name(name: str) -> str:
-    """A formulaic column name as lme4 prints it: ``^`` for ``**``, R's function names, no backticks."""
-    name = name.replace(" ** ", "^").replace("**", "^").replace("as_numeric(", "as.numeric(")
-    return name.replace("`", "")
+    """A formulaic column name as lme4 prints it (R's ``deparse`` of the call, then the column).
+
+    ``sex[T.M]`` -> ``sexM``; ``poly(x, 2)[1]`` -> ``poly(x, 2)1``; ``I(x ** 2)`` -> ``I(x^2)``;
+    ``bs(x, knots=[3, 6], df=3)[1]`` -> ``bs(x, knots = c(3, 6), df = 3)1``;
+    ``poly(x, 2, raw=True)[1]`` -> ``poly(x, 2, raw = TRUE)1``; R's function names
+    (``as.numeric``), ``x/7`` and ``x^2`` unspaced, no backticks.  Level labels in suffixes
+    are copied unchanged, but a logical's ``True``/``False`` are R's ``TRUE``/``FALSE``.
+    """
+    out: list[str] = []
+    lists = 0  # open list literals, written as c(...)
+    i = 0
+    while i < len(name):
+        ch = name[i]
+        previous = "".join(out).rstrip()[-1:]
+        if ch == "[" and previous and previous not in _LIST_OPENERS:
+            end = _suffix_end(name, i)
+            label = name[i + 1 : end]
+            label = label[2:] if label.startswith("T.") else label
+            out.append({"True": "TRUE", "False": "FALSE"}.get(label, label))  # a logical's levels, as R
+            i = end + 1
+            continue
+        if ch == "[":
+            out.append("c(")
+            lists += 1
+        elif ch == "]" and lists:
+            out.append(")")
+            lists -= 1
+        elif ch == "=" and name[i + 1 : i + 2] != "=" and previous not in ("=", "<", ">", "!"):
+            while out and out[-1] == " ":
+                out.pop()
+            out.append(" = ")
+            while name[i + 1 : i + 2] == " ":
+                i += 1
+        elif (ch == "*" and name[i + 1 : i + 2] == "*") or ch == "/":  # R writes x^2 and x/7 unspaced
+            while out and out[-1] == " ":
+                out.pop()
+            out.append("^" if ch == "*" else "/")
+            i += ch == "*"
+            while name[i + 1 : i + 2] == " ":
+                i += 1
+        elif ch == "`":
+            pass
+        elif ch.isalpha() or ch == "_":
+            match = re.match(r"[A-Za-z_][A-Za-z0-9_.]*", name[i:])
+            word = match.group()
+            out.append(_PYTHON_WORDS.get(word, word))
+            i += len(word)
+            continue
+        elif ch in ("'", '"'):
+            end = name.find(ch, i + 1)
+            end = len(name) - 1 if end < 0 else end
+            out.append(name[i : end + 1])
+            i = end + 1
+            continue
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)

@@ -171,3 +171,26 @@ def test_csv_missing_values_read_alike(tmp_path):
 def test_a_random_effect_in_two_terms_is_refused(engine, tmp_path):
     with pytest.raises(FormulaError, match="appears in more than one term"):
         _fit(engine, "y ~ x + (1 | g) + (1 + x | g)", _data(), tmp_path)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dot_and_offsets_in_every_engine(engine, tmp_path):
+    data = _data().assign(n=lambda d: 1 + d["g"] % 3)
+    formula = "y ~ . + offset(log(n)) + (1 | g)"  # '.': x (not y, g, the weights w or the offset's n)
+    memory = mixedfx.fit(formula, data, weights="w")
+    fit = _fit(engine, formula, data, tmp_path, weights="w")
+    assert list(fit.fixef.index) == ["(Intercept)", "x"]
+    np.testing.assert_allclose(fit.fixef.to_numpy(), memory.fixef.to_numpy(), rtol=1e-8)
+    assert fit.loglik == pytest.approx(memory.loglik, abs=1e-8)
+    new = data.head(4)
+    np.testing.assert_allclose(fit.predict(new)["prediction"], memory.predict(new)["prediction"], rtol=1e-8)
+    shifted = mixedfx.fit("y ~ x + (1 | g)", data.assign(y=data["y"] - np.log(data["n"])), weights="w")
+    np.testing.assert_allclose(fit.fixef.to_numpy(), shifted.fixef.to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "dask"])
+def test_reductions_refuse_ns_and_stateful_offsets(engine, tmp_path):
+    data = _data()
+    for formula in ["y ~ ns(x, df = 3) + (1 | g)", "y ~ x + offset(scale(x)) + (1 | g)"]:
+        with pytest.raises(FormulaError, match="whole column"):
+            _fit(engine, formula, data, tmp_path)

@@ -8,7 +8,7 @@ import pytest
 
 import mixedfx
 from mixedfx.cli import main
-from mixedfx.errors import DataError, OptionError
+from mixedfx.errors import DataError, FormulaError, OptionError
 from mixedfx.reduce import fit_reduced, load_reduced, reduce_duckdb, reduce_frame
 
 EXAM = "gcse ~ lrt_groupc * sex + schgend + (1 + lrt_groupc | school)"
@@ -221,3 +221,20 @@ def test_loading_a_reduction_runs_nothing(tmp_path):
     with pytest.raises(DataError, match="is not a saved mixedfx reduction"):
         load_reduced(path)
     assert not marker.exists()
+
+
+def test_saved_reductions_keep_the_expanded_dot_and_check_it(tmp_path):
+    data = mixedfx.datasets.load_sleepstudy()
+    reduced = reduce_frame("Reaction ~ . + offset(Days / 2) + (1 | Subject)", data.assign(z=np.arange(180) % 5))
+    path = reduced.save(tmp_path / "r.npz")
+    again = fit_reduced(load_reduced(path))
+    assert list(again.fixef.index) == ["(Intercept)", "z"]  # Days is the offset's
+    assert again.loglik == pytest.approx(fit_reduced(reduced).loglik, abs=1e-10)
+    with np.load(path, allow_pickle=False) as archive:  # a tampered expansion is checked like any formula
+        arrays = {name: archive[name] for name in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["fixed"] = "I(__import__('os'))"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "evil.npz", **arrays)
+    with pytest.raises(FormulaError, match="__import__"):
+        load_reduced(tmp_path / "evil.npz")

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from mixedfx.errors import FormulaError
-from mixedfx.spec.formula import parse_formula
+from mixedfx.spec.formula import expand_dot, parse_formula
 
 
 def test_random_slope_and_fixed_part():
@@ -69,3 +69,18 @@ def test_syntax_error_marks_position():
         parse_formula("y ~ x + (1|g")
     lines = str(info.value).splitlines()
     assert lines[-1].index("^") == lines[-2].index("g") + 1
+
+
+def test_offsets_are_split_out_of_the_fixed_part():
+    parsed = parse_formula("y ~ x + offset(log(n)) + offset(z) + (1 | g)")
+    assert parsed.fixed == "x" and parsed.offsets == ("log(n)", "z")
+
+
+def test_dot_waits_for_the_columns():
+    parsed = parse_formula("y ~ . - b + (1 | g)")
+    assert parsed.has_dot
+    with pytest.raises(FormulaError, match="expanded when the formula meets the data"):
+        _ = parsed.fixed_formula
+    expanded = expand_dot(parsed, ["y", "a", "b", "g", "w"], exclude=["w"])
+    assert expanded.fixed_formula == "y ~ (`a` + `b`) - b" and not expanded.has_dot
+    assert expand_dot(parse_formula("y ~ x + (1 | g)"), ["y", "x", "g"]).fixed == "x"  # no dot: unchanged

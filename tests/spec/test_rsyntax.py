@@ -43,10 +43,24 @@ def test_power_inside_I_is_a_power_not_xor(sleepstudy):
     assert abs(r_style.fixef["I(Days^2)"] - wrong.fixef["d2"]) > 0.1
 
 
-def test_column_names_are_written_back_as_lme4_prints_them():
-    assert r_column_name("I(x ** 2)") == "I(x^2)"
-    assert r_column_name("as_numeric(z)") == "as.numeric(z)"
-    assert r_column_name("log(`Sepal.Length`)") == "log(Sepal.Length)"
+@pytest.mark.parametrize(
+    "formulaic, r",
+    [
+        ("I(x ** 2)", "I(x^2)"),
+        ("as_numeric(z)", "as.numeric(z)"),
+        ("log(`Sepal.Length`)", "log(Sepal.Length)"),
+        ("bs(x, knots=[3, 6], degree=2)[1]", "bs(x, knots = c(3, 6), degree = 2)1"),
+        ("poly(x, 2, raw=True)[2]", "poly(x, 2, raw = TRUE)2"),
+        ("sin(2 * pi * x / 7)", "sin(2 * pi * x/7)"),
+        ("poly(x, 2)[1]:I(x > 4)[False]", "poly(x, 2)1:I(x > 4)FALSE"),
+        ("I(x > 4)[T.True]", "I(x > 4)TRUE"),
+        ("I(x == 1)", "I(x == 1)"),
+        ("lrt:sex[T.M]", "lrt:sexM"),
+        ("f[T.a=b]", "fa=b"),  # level labels are copied as they are
+    ],
+)
+def test_column_names_are_written_back_as_lme4_prints_them(formulaic, r):
+    assert r_column_name(formulaic) == r
 
 
 def test_grouping_terms_as_lme4_expands_them():

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ...engine.stats import Scaling
 from ...errors import DataError, OptionError
-from ...spec.formula import parse_formula
+from ...spec.formula import expand_dot, parse_formula
 from ..checks import complete_rows, weights_vector
 from ..columns import coded_as_categories
 from ..design import model_variables
@@ -114,6 +114,7 @@ def reduce_frame(
     """Reduce an in-memory DataFrame (in chunks), e.g. to save the reduction or refit cheaply."""
     parsed = parse_formula(formula)
     check_reducible(parsed)
+    parsed = expand_dot(parsed, list(data.columns), [weights] if weights else [])
     variables = model_variables(parsed, list(data.columns))
     coded = coded_as_categories(parsed, data.columns)
     levels = {
@@ -140,6 +141,7 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
 
     parsed = parse_formula(formula)
     check_reducible(parsed)
+    parsed = expand_dot(parsed, list(frame.columns), [weights] if weights else [])
     variables = model_variables(parsed, list(frame.columns))
     coded = coded_as_categories(parsed, frame.columns)
     categorical = [

@@ -6,7 +6,6 @@ Every expression is checked (:mod:`mixedfx.spec.expressions`) before any row is 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +18,8 @@ from ..checks import check_finite
 from ..columns import lme4_name
 from ..design import model_variables
 from ..levels import factor_labels
-from ..transforms import formula_context
-from .sql import STATEFUL, python_factors
+from ..transforms import calls_stateful, formula_context
+from .sql import python_factors
 
 
 @dataclass
@@ -33,6 +32,14 @@ class ColumnPlan:
     terms: list[tuple[str, tuple[str, ...], str, list[str], object]]  # expr, factor, kind, names, spec
     categorical_levels: dict[str, list]
     variables: list[str]
+    offsets: tuple[str, ...] = ()
+
+    @property
+    def response_expr(self) -> str:
+        """What the reduction sums as y: the response minus the offsets (a formulaic expression)."""
+        if not self.offsets:
+            return self.response
+        return f"I(({self.response}){''.join(f' - ({expr})' for expr in self.offsets)})"
 
 
 def check_reducible(parsed: ParsedFormula) -> None:
@@ -63,6 +70,7 @@ def plan_columns(parsed: ParsedFormula, prototype: pd.DataFrame, levels: dict[st
         terms=terms,
         categorical_levels=levels,
         variables=variables,
+        offsets=parsed.offsets,
     )
 
 
@@ -74,7 +82,8 @@ def model_columns(plan: ColumnPlan, frame: pd.DataFrame) -> tuple[np.ndarray, np
     context = formula_context()
     with np.errstate(all="ignore"):  # undefined values are reported by name below
         X = np.asarray(plan.fixed_spec.get_model_matrix(frame, na_action="ignore", context=context), dtype=float)
-        y = np.asarray(model_matrix(plan.response, frame, na_action="ignore", context=context), dtype=float)[:, -1]
+        y = np.asarray(model_matrix(plan.response_expr, frame, na_action="ignore", context=context), dtype=float)
+        y = y[:, -1]
         Zs = [
             np.asarray(spec.get_model_matrix(frame, na_action="ignore", context=context), dtype=float)
             for *_, spec in plan.terms
@@ -103,13 +112,15 @@ def refuse_stateful(plan: ColumnPlan) -> None:
     for spec in specs:
         for expr in python_factors(spec):
             check_stateless(expr)
+    for expr in plan.offsets:
+        check_stateless(expr)
 
 
 def check_stateless(expr: str) -> None:
-    """Refuse an expression that calls a stateful transform (see :data:`mixedfx.data.reduce.sql.STATEFUL`)."""
-    for name in STATEFUL:
-        if re.search(rf"(?<![\w.]){name}\s*\(", expr):
-            raise FormulaError(
-                f"{expr!r} needs statistics of the whole column ({name}() keeps state); reductions evaluate "
-                "formulas chunk by chunk, so use engine='memory' or compute the column in the data first."
-            )
+    """Refuse an expression that calls a stateful transform (see :data:`mixedfx.data.transforms.STATEFUL`)."""
+    name = calls_stateful(expr)
+    if name:
+        raise FormulaError(
+            f"{expr!r} needs statistics of the whole column ({name}() keeps state); reductions evaluate "
+            "formulas chunk by chunk, so use engine='memory' or compute the column in the data first."
+        )

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from ...engine.stats import Scaling, SufficientStats
 from ...errors import DataError
-from ...spec.formula import ParsedFormula, parse_formula
+from ...spec.formula import ParsedFormula, parse_formula, with_fixed_part
 from ..design import ReBlock, ReTerm, check_covariance_keys, check_distinct_effects, term_structure
 from ..levels import LevelLabels
 from .plan import ColumnPlan, plan_columns
@@ -113,6 +113,7 @@ def _to_arrays(reduced: ReducedData) -> tuple[dict[str, np.ndarray], dict]:
     meta = {
         "format": FORMAT,
         "formula": reduced.formula.text,
+        "fixed": reduced.formula.fixed,  # with '.' expanded
         "plan": {
             "fixed_names": plan.fixed_names,
             "terms": [[expr, list(factor), kind, names] for expr, factor, kind, names, _ in plan.terms],
@@ -169,7 +170,7 @@ def load_reduced(path: str | Path) -> ReducedData:
         raise DataError(f"{str(path)!r} is not a saved mixedfx reduction ({type(exc).__name__}).") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{str(path)!r} is not a saved mixedfx reduction in the format {FORMAT!r}.")
-    parsed = parse_formula(meta["formula"])
+    parsed = with_fixed_part(parse_formula(meta["formula"]), meta.get("fixed"))
     plan_meta = meta["plan"]
     plan = plan_columns(parsed, _prototype(plan_meta), plan_meta["categorical_levels"])
     saved_terms = [(t[0], tuple(t[1]), t[2], t[3]) for t in plan_meta["terms"]]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ...errors import DataError, FormulaError
 from ...spec.expressions import expression_variables
+from ..transforms import STATEFUL
 
 #: Elementwise functions and their DuckDB names (numpy's semantics: IEEE results on the reals).
 SQL_FUNCTIONS = {
@@ -46,10 +47,6 @@ SQL_FUNCTIONS = {
     "minimum": "least",
     "maximum": "greatest",
 }
-
-#: Transforms whose result depends on the whole column (formulaic keeps their state): an SQL
-#: translation would take that state from a sample.
-STATEFUL = frozenset({"poly", "scale", "center", "standardize", "bs", "cr", "cs", "cc", "ns", "lag", "hashed"})
 
 _CONSTANTS = {"pi": np.pi, "e": np.e}
 

@@ -19,7 +19,7 @@ import pandas as pd
 from ...engine.stats import Scaling
 from ...errors import DataError, FormulaError, OptionError, suggest
 from ...spec.expressions import expression_variables
-from ...spec.formula import parse_formula
+from ...spec.formula import expand_dot, parse_formula
 from ..columns import coded_as_categories
 from ..design import model_variables
 from ..transforms import formula_context
@@ -128,6 +128,7 @@ def _verification_aggregates(con, plan: ColumnPlan, columns: dict[str, str]) -> 
     exprs = []
     for spec in [plan.fixed_spec] + [spec for *_, spec in plan.terms]:
         exprs += [e for e in python_factors(spec) if e not in exprs]
+    exprs += [e for e in plan.offsets if e not in exprs]
     aggregates = []
     for k, expr in enumerate(exprs):
         names, value = _python_value(expr)
@@ -182,6 +183,7 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     src, files = source_sql(source)
     types = _read_schema(con, src, files, source)
     columns = list(types)
+    parsed = expand_dot(parsed, columns, [weights] if weights else [])
     variables = model_variables(parsed, columns)
     if weights and weights not in columns:
         raise DataError(f"Unknown weights column {weights!r}.{suggest(weights, columns)}")
@@ -201,7 +203,7 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     refuse_stateful(plan)
     fixed_sql = spec_columns_sql(plan.fixed_spec, types)
     z_sql = [e for *_, spec in plan.terms for e in spec_columns_sql(spec, types)]
-    y_sql = numeric_sql(plan.response, types)
+    y_sql = numeric_sql(plan.response_expr, types)
     _verify_sql(con, plan, prototype, fixed_sql, z_sql, y_sql)
     verified, verification = _verification_aggregates(con, plan, types)
     w_sql = f"(CAST({quote(weights)} AS DOUBLE) / {lit(w_scale)})" if weights else lit(1.0)
