@@ -24,6 +24,7 @@ from .data.reduce.sqlscan import reduce_duckdb
 from .errors import DataError, OptionError
 from .fitting import pipeline
 from .fitting.rside import fit_rside
+from .glmm import GLMMResults, fit_glmm, stata_glmm
 from .present import html, report, serialize, text
 from .results import FitRecord
 from .spec.model import model_spec
@@ -384,8 +385,11 @@ def fit(
     residuals: str | None = None,
     variance: tuple[str, str] | None = None,
     group: str | None = None,
-) -> MixedResults:
-    """Fit a linear mixed model by REML (default) or ML.
+    family: str | None = None,
+    link: str | None = None,
+    nagq: int | None = 1,
+) -> MixedResults | GLMMResults:
+    """Fit a linear mixed model by REML (default) or ML, or with ``family`` a generalized one.
 
     Parameters
     ----------
@@ -422,7 +426,15 @@ def fit(
     group:
         the cluster variable of the residual structure for a model without random effects
         (a marginal/GLS model, e.g. ``fit("y ~ x", data, residuals="unstructured", group="id")``).
+    family, link, nagq:
+        a generalized linear mixed model (:func:`mixedfx.glmm.fit_glmm`): ``family`` binomial,
+        bernoulli or poisson, ``link`` logit/probit/cloglog or log, ``nagq`` 1 (Laplace),
+        0 (lme4's fast nAGQ = 0) or the points of adaptive quadrature; maximum likelihood
+        (``method`` does not apply), rows in memory.
     """
+    if family is not None:
+        _check_glmm_options(engine, residuals, variance, group, start)
+        return fit_glmm(formula, data, family, link, nagq, weights, missing, covariance)
     engine = _choose_engine(engine, data)
     spec = model_spec(formula, method, covariance, residuals, variance, group, missing)
     if engine != "memory":
@@ -450,7 +462,18 @@ def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str
     return MixedResults(pipeline.fit_reduced(reduced, is_reml(method), covariance))
 
 
-def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) -> MixedResults:
+def _check_glmm_options(engine: str, residuals, variance, group, start) -> None:
+    """Refuse the linear-model options a generalized model does not have."""
+    if engine not in ("auto", "memory"):
+        raise OptionError(
+            f"Generalized models are fitted with the rows in memory; use engine='memory', not {engine!r}."
+        )
+    for name, value in (("residuals", residuals), ("variance", variance), ("group", group), ("start", start)):
+        if value is not None:
+            raise OptionError(f"{name}= is an option of linear mixed models, not of generalized ones (family=).")
+
+
+def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) -> MixedResults | GLMMResults:
     """Fit a model written in Stata's ``mixed`` syntax, as Stata would.
 
     ``if`` and ``in`` select rows, ``ib#.``/``ib(last).`` set base levels, coefficients carry
@@ -469,6 +492,10 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) 
         frame = frame.loc[evaluate_condition(spec["if"], frame)]
     if frame.empty:
         raise DataError("The if/in qualifiers select no observations (Stata: no observations).")
+    if spec["family"] is not None:
+        if fit_options:
+            raise OptionError(f"{command.split()[0]} takes its options in the command, not {', '.join(fit_options)}.")
+        return stata_glmm(spec, frame, command)
     result = fit(
         spec["formula"],
         frame,
@@ -487,6 +514,16 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) 
     result.default_prediction = "population"
     result.stata_command, result.source = command, source
     return result
+
+
+def melogit(command: str, data: pd.DataFrame | str | Path) -> GLMMResults:
+    """Stata's ``melogit`` (``meprobit``/``mecloglog`` through :func:`mixed`): ``melogit y x || g:, or``."""
+    return mixed(f"melogit {command}", data)
+
+
+def mepoisson(command: str, data: pd.DataFrame | str | Path) -> GLMMResults:
+    """Stata's ``mepoisson``: ``mepoisson y x, exposure(t) || g:, irr``."""
+    return mixed(f"mepoisson {command}", data)
 
 
 def lrtest(restricted: MixedResults, full: MixedResults) -> LRTest:

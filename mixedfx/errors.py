@@ -42,6 +42,14 @@ class RankDeficiencyWarning(UserWarning):
     """Fixed-effect columns were dropped because they are linear combinations of others."""
 
 
+class DataWarning(UserWarning):
+    """The data are usable but not as the model expects (non-integer counts, ...)."""
+
+
+class SeparationWarning(UserWarning):
+    """A fixed effect of a binary or count model diverges: the data separate the outcomes."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return a ' Did you mean ...?' hint for a misspelt ``name``, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)

@@ -31,12 +31,18 @@ def load_reference(name: str) -> dict:
     return json.loads((REFERENCE_DIR / f"{name}.json").read_text())
 
 
+def glmm_reference_names() -> list[str]:
+    """Reference fits made with lme4's glmer (tests/reference/make_glmm.R)."""
+    return [p.stem for p in sorted(REFERENCE_DIR.glob("*.json")) if "family" in json.loads(p.read_text())]
+
+
 def lme4_reference_names() -> list[str]:
     """Reference fits made with lme4 (no nlme correlation/weights structures)."""
     names = []
     for path in sorted(REFERENCE_DIR.glob("*.json")):
         ref = json.loads(path.read_text())
-        if "theta" in ref and "data" in ref and not ref.get("correlation") and not ref.get("weights"):
+        linear = "family" not in ref
+        if linear and "theta" in ref and "data" in ref and not ref.get("correlation") and not ref.get("weights"):
             names.append(path.stem)
     return names
 
@@ -49,6 +55,11 @@ def reference_data(ref: dict) -> pd.DataFrame:
         "sleepstudy.csv": datasets.load_sleepstudy,
         "pastes.csv": datasets.load_pastes,
         "penicillin.csv": datasets.load_penicillin,
+        "cbpp.csv": datasets.load_cbpp,
+        "verbagg.csv": datasets.load_verbagg,
+        "grouseticks.csv": datasets.load_grouseticks,
+        "contraception.csv": datasets.load_contraception,
+        "poisson_exposure.csv": lambda: pd.read_csv(REFERENCE_DIR / "poisson_exposure.csv", dtype={"g": str}),
     }
     return loaders[ref["data"]]()
 

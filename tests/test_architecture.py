@@ -23,6 +23,7 @@ LAYERS = {
     "analysis": 6,
     "present": 7,
     "api": 8,
+    "glmm": 8,
     "plots": 8,
     "reduce": 8,
     "__init__": 8,

@@ -78,7 +78,7 @@ def _new_codes(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
 def _complete_new_rows(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
     """Rows of new data with every covariate the prediction needs (grouping factors may be missing)."""
     design = result.design
-    needed = set(required_variables(design.formula.fixed_formula, "the fixed part")) - {design.formula.response}
+    needed = set(required_variables(design.formula.fixed, "the fixed part"))
     for term in design.formula.random:
         needed |= required_variables(term.expr, f"random term ({term.expr} | {term.group_name})")
     for expr in design.formula.offsets:

@@ -110,14 +110,19 @@ def drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]
     return X[:, keep], [n for n, k in zip(names, keep) if k], dropped, gram[np.ix_(keep, keep)], scales[keep]
 
 
-def check_grouping_factor(name: str, n_levels: int, q: int, effect_names: list[str], nobs: int) -> None:
-    """Refuse a grouping factor that cannot be estimated: one level, a level per row, or as many
-    random effects as observations."""
+def check_grouping_factor(
+    name: str, n_levels: int, q: int, effect_names: list[str], nobs: int, residual: bool = True
+) -> None:
+    """Refuse a grouping factor that cannot be estimated: one level, or (with a residual
+    variance, ``residual=True``) a level per row or as many random effects as observations.
+    Generalized models have no residual variance: an observation-level effect is identified."""
     if n_levels < 2:
         raise DataError(
             f"Grouping factor {name!r} has only {n_levels} level in the data used: "
             "a random effect needs at least two clusters."
         )
+    if not residual:
+        return
     if n_levels >= nobs:
         raise DataError(
             f"Grouping factor {name!r} has {n_levels} levels for {nobs} observations "

@@ -195,16 +195,35 @@ def offset_values(parsed: ParsedFormula, data: pd.DataFrame) -> np.ndarray | Non
                 f"offset({expr}) calls {calls_stateful(expr)}(), whose value depends on the whole column; "
                 "compute the offset in the data first."
             )
-        try:
-            with np.errstate(all="ignore"):
-                mm = model_matrix(parsed_formula(f"0 + I({expr})"), data, na_action="ignore", context=formula_context())
-        except FORMULAIC_ERRORS as exc:
-            raise FormulaError(f"Cannot evaluate offset({expr}): {exc}") from exc
-        values = np.asarray(mm, dtype=float)
-        if values.shape[1] != 1:
-            raise FormulaError(f"offset({expr}) must be one numeric value per row, not {values.shape[1]} columns.")
-        total += values[:, 0]
+        total += expression_values(expr, data, f"offset({expr})")
     return total
+
+
+def expression_values(expr: str, data: pd.DataFrame, where: str) -> np.ndarray:
+    """One numeric value per row of ``data`` for the expression ``expr`` (evaluated as ``I(expr)``)."""
+    try:
+        with np.errstate(all="ignore"):
+            mm = model_matrix(parsed_formula(f"0 + I({expr})"), data, na_action="ignore", context=formula_context())
+    except FORMULAIC_ERRORS as exc:
+        raise FormulaError(f"Cannot evaluate {where}: {exc}") from exc
+    values = np.asarray(mm, dtype=float)
+    if values.shape[1] != 1:
+        raise FormulaError(f"{where} must be one numeric value per row, not {values.shape[1]} columns.")
+    return values[:, 0]
+
+
+def fixed_matrix(parsed: ParsedFormula, data: pd.DataFrame) -> tuple[np.ndarray, list[str], object]:
+    """The fixed-effects matrix alone (the response built elsewhere), its lme4 names and spec."""
+    try:
+        direct = _direct_model_matrices(parsed.fixed, data)
+        if direct is not None:
+            _, X, spec, names = direct
+            return X, [lme4_name(c) for c in names], spec
+        with np.errstate(all="ignore"):
+            rhs = model_matrix(parsed_formula(parsed.fixed), data, na_action="ignore", context=formula_context())
+    except FORMULAIC_ERRORS as exc:
+        raise FormulaError(f"Cannot build the fixed effects '{parsed.fixed}': {exc}") from exc
+    return np.asarray(rhs, dtype=float), [lme4_name(str(c)) for c in rhs.columns], rhs.model_spec
 
 
 def term_columns(term: RandomTerm, data: pd.DataFrame) -> tuple[np.ndarray, list[str], object]:

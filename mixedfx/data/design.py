@@ -21,7 +21,7 @@ import pandas as pd
 from ..engine.covariance import BlockLayout, CovStructure
 from ..engine.stats import column_moments
 from ..errors import DataError, FormulaError, OptionError, suggest
-from ..spec.formula import ParsedFormula, expand_dot
+from ..spec.formula import ParsedFormula, expand_dot, response_variables
 from ..spec.structures import canonical_structure
 from .checks import (
     check_enough_rows,
@@ -31,8 +31,9 @@ from .checks import (
     drop_aliased,
     weights_vector,
 )
-from .columns import check_columns, fixed_matrices, offset_values, required_variables, term_columns
+from .columns import check_columns, fixed_matrices, fixed_matrix, offset_values, required_variables, term_columns
 from .levels import group_codes
+from .response import glm_response
 
 
 @dataclass
@@ -125,12 +126,15 @@ class Design:
     n_rows: int | None = None  # the number of observations when the rows are not kept (reduced data)
     X_gram: np.ndarray | None = None  # D^-1 X'X D^-1 from the aliasing check, reused for the standardisation
     X_scales: np.ndarray | None = None  # D: the columns' largest magnitudes
-    offset: np.ndarray | None = None  # the summed offset(...) terms; y is the response minus them
+    offset: np.ndarray | None = None  # the summed offset(...) terms; y is the response minus them (linear)
+    family: str | None = None  # a generalized model's family: y are proportions or counts, offsets stay in eta
+    trials: np.ndarray | None = None  # binomial trials or Poisson prior weights of a generalized model
+    success: str | None = None  # the level coded 1 of a text binary response
 
     @property
     def observed(self) -> np.ndarray:
         """The response as observed: ``y`` plus the offsets (``y`` is what the model fits)."""
-        return self.y if self.offset is None else self.y + self.offset
+        return self.y if self.offset is None or self.family else self.y + self.offset
 
     @property
     def nobs(self) -> int:
@@ -175,7 +179,7 @@ def check_distinct_effects(block: ReBlock) -> None:
 
 
 def _build_blocks(
-    parsed: ParsedFormula, data: pd.DataFrame, nobs: int, covariance: dict[str, str] | None
+    parsed: ParsedFormula, data: pd.DataFrame, nobs: int, covariance: dict[str, str] | None, residual: bool = True
 ) -> list[ReBlock]:
     """Group the random terms by grouping factor and build each block's Z and codes."""
     blocks: dict[str, ReBlock] = {}
@@ -194,13 +198,16 @@ def _build_blocks(
     ordered = sorted(blocks.values(), key=lambda b: -b.n_levels)  # lme4's order: most levels first
     for block in ordered:
         check_distinct_effects(block)
-        check_grouping_factor(block.name, block.n_levels, block.q, block.names, nobs)
+        check_grouping_factor(block.name, block.n_levels, block.q, block.names, nobs, residual)
     return ordered
 
 
 def model_variables(parsed: ParsedFormula, columns) -> list[str]:
     """The data columns the model uses, every expression checked and every name found in ``columns``."""
-    fixed_vars = required_variables(parsed.fixed_formula, "the fixed part")
+    if parsed.counts:
+        fixed_vars = required_variables(parsed.fixed, "the fixed part") | response_variables(parsed)
+    else:
+        fixed_vars = required_variables(parsed.fixed_formula, "the fixed part")
     check_columns(fixed_vars, columns, "the fixed part")
     variables = set(fixed_vars)
     for expr in parsed.offsets:
@@ -222,6 +229,7 @@ def build_design(
     covariance: dict[str, str] | None = None,
     missing: str = "drop",
     extra: Sequence[str] = (),
+    family: str | None = None,
 ) -> Design:
     """Build the :class:`Design` of ``parsed`` on ``data``.
 
@@ -229,7 +237,9 @@ def build_design(
     ``missing="raise"`` refuses data with missing values in the model's variables.
     ``extra`` names further columns the fit needs (a residual structure's time, by or
     cluster variables): they take part in the listwise deletion.  A formula without random
-    terms gives a design without blocks (a marginal model).
+    terms gives a design without blocks (a marginal model).  ``family`` (binomial, bernoulli,
+    poisson) makes the design of a generalized model (:mod:`mixedfx.data.response`): ``y``
+    proportions or counts, ``trials`` from cbind() or the weights, offsets kept apart.
     """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame or a file path, not {type(data).__name__}.")
@@ -264,23 +274,35 @@ def build_design(
         frame = frame.copy()
         for col in frame.select_dtypes(include="category"):
             frame[col] = frame[col].cat.remove_unused_categories()
-    y, X, names, spec = fixed_matrices(parsed, frame)
-    check_finite(y, [parsed.response], frame.index)
+    weight_values = weights_vector(weights, data, mask)
+    trials, success = None, None
+    if family is None:
+        if parsed.counts:
+            raise FormulaError(
+                f"The response {parsed.response!r} is binomial counts: fit it with family='binomial' "
+                "(mixedfx.fit(..., family='binomial') or melogit)."
+            )
+        y, X, names, spec = fixed_matrices(parsed, frame)
+        check_finite(y, [parsed.response], frame.index)
+    else:
+        X, names, spec = fixed_matrix(parsed, frame)
+        response = glm_response(parsed, frame, family, weight_values)
+        y, trials, success, weight_values = response.y, response.m, response.success, None
     offset = offset_values(parsed, frame)
     if offset is not None:
         check_finite(offset, ["offset(" + " + ".join(parsed.offsets) + ")"], frame.index)
-        y = y - offset
+        y = y if family else y - offset
     check_finite(X, names, frame.index)
     check_enough_rows(len(y), X.shape[1])
     X, names, dropped, gram, scales = drop_aliased(X, names)
-    blocks = _build_blocks(parsed, frame, len(y), covariance)
+    blocks = _build_blocks(parsed, frame, len(y), covariance, residual=family is None)
     return Design(
         formula=parsed,
         y=y,
         X=X,
         fixed_names=names,
         blocks=blocks,
-        weights=weights_vector(weights, data, mask),
+        weights=weight_values,
         n_missing=n_missing,
         dropped_fixed=dropped,
         row_index=frame.index,
@@ -290,6 +312,9 @@ def build_design(
         X_gram=gram,
         X_scales=scales,
         offset=offset,
+        family=family,
+        trials=trials,
+        success=success,
     )
 
 

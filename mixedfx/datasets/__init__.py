@@ -84,17 +84,45 @@ def load_penicillin() -> pd.DataFrame:
     return _read("penicillin.csv")
 
 
+def load_cbpp() -> pd.DataFrame:
+    """Contagious bovine pleuropneumonia (lme4's ``cbpp``): new cases (``incidence``) among ``size``
+    cattle of 15 herds in 4 periods."""
+    return _read("cbpp.csv", dtype={"herd": str, "period": str})
+
+
+def load_verbagg() -> pd.DataFrame:
+    """Verbal aggression (lme4's ``VerbAgg``): 316 persons (``id``) answer 24 items; ``r2`` is "Y"
+    when the answer is yes or perhaps."""
+    return _read("verbagg.csv", dtype={"id": str, "item": str})
+
+
+def load_grouseticks() -> pd.DataFrame:
+    """Ticks on red grouse chicks (lme4's ``grouseticks``): ``TICKS`` per chick (``INDEX``) in
+    broods, locations and years; ``cHEIGHT`` is the centred altitude."""
+    return _read("grouseticks.csv", dtype={"INDEX": str, "BROOD": str, "YEAR": str, "LOCATION": str})
+
+
+def load_contraception() -> pd.DataFrame:
+    """Contraceptive use in Bangladesh (mlmRev's ``Contraception``): ``use`` ("Y"/"N") of 1934
+    women in 60 districts, with living children ``livch``, centred ``age`` and ``urban``."""
+    return _read("contraception.csv", dtype={"woman": str, "district": str, "livch": str})
+
+
 NAMES = {
     "exam": load_exam,
     "asian": load_asian,
     "sleepstudy": load_sleepstudy,
     "pastes": load_pastes,
     "penicillin": load_penicillin,
+    "cbpp": load_cbpp,
+    "verbagg": load_verbagg,
+    "grouseticks": load_grouseticks,
+    "contraception": load_contraception,
 }
 
 
 def load(name: str) -> pd.DataFrame:
-    """Load a bundled data set by name (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``)."""
+    """Load a bundled data set by name (see :data:`NAMES`)."""
     if name not in NAMES:
         raise DataError(f"No bundled data set {name!r}; choose one of {', '.join(NAMES)}.{suggest(name, NAMES)}")
     return NAMES[name]()

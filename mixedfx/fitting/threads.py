@@ -31,3 +31,13 @@ def single_threaded_blas(n_rows: int) -> AbstractContextManager:
     if n_rows < SINGLE_THREAD_ROWS:
         return nullcontext()
     return _controller().limit(limits=1, user_api="blas")
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """A context in which BLAS uses one thread, whatever the size.
+
+    GLMM fits alternate small numpy and scipy BLAS calls (two OpenBLAS copies in one process):
+    with two threads each, the copies' spinning threads fight over the cores (a 181 x 181
+    Schur complement and its Cholesky: 15 ms a pair on two cores, 1 ms with one thread).
+    """
+    return _controller().limit(limits=1, user_api="blas")

@@ -60,7 +60,8 @@ class ParsedFormula:
     """A formula split into response, fixed part, offsets and random terms.
 
     ``offsets`` are the expressions inside ``offset(...)``; ``has_dot`` marks a fixed part
-    with R's ``.``, which must be expanded (:func:`expand_dot`) before the fixed part is used.
+    with R's ``.``, which must be expanded (:func:`expand_dot`) before the fixed part is used;
+    ``counts`` holds the successes and failures of a ``cbind(successes, failures)`` response.
     """
 
     text: str
@@ -69,6 +70,7 @@ class ParsedFormula:
     random: tuple[RandomTerm, ...] = field(default_factory=tuple)
     offsets: tuple[str, ...] = ()
     has_dot: bool = False
+    counts: tuple[str, ...] = ()  # a binomial response cbind(successes, failures): its two expressions
 
     @property
     def fixed_formula(self) -> str:
@@ -262,9 +264,31 @@ def parse_formula(formula: str) -> ParsedFormula:
     for term in random_terms:
         if re.search(r"(?<![\w.])offset\(", term.expr):
             raise FormulaError(f"offset() belongs to the fixed part, not to the random term ({term.expr} | ...).")
-    parsed = ParsedFormula(original, response, fixed, tuple(random_terms), tuple(offsets), has_dot)
+    counts = _cbind_parts(response, text)
+    parsed = ParsedFormula(original, response, fixed, tuple(random_terms), tuple(offsets), has_dot, counts)
     _check_expressions(parsed)
     return parsed
+
+
+def _cbind_parts(response: str, text: str) -> tuple[str, ...]:
+    """The two expressions of a ``cbind(successes, failures)`` response (empty for any other)."""
+    argument = _call_argument(response, "cbind")
+    if argument is None:
+        return ()
+    parts = [piece.strip() for piece, _ in _split_top_level(argument, ",", 0, argument)]
+    if len(parts) != 2 or not all(parts):
+        raise FormulaError(
+            "cbind() in the response takes two expressions, the successes and the failures, as in "
+            "cbind(cases, n - cases):" + caret(text, 0)
+        )
+    return tuple(parts)
+
+
+def response_variables(parsed: ParsedFormula) -> set[str]:
+    """The data columns the response uses (both expressions of a cbind response)."""
+    if parsed.counts:
+        return {name for expr in parsed.counts for name in expression_variables(expr)}
+    return set(expression_variables(parsed.response))
 
 
 def expand_dot(parsed: ParsedFormula, columns, exclude=()) -> ParsedFormula:
@@ -275,7 +299,7 @@ def expand_dot(parsed: ParsedFormula, columns, exclude=()) -> ParsedFormula:
     """
     if not parsed.has_dot:
         return parsed
-    used = {parsed.response} | {name for term in parsed.random for name in term.factor} | set(exclude)
+    used = response_variables(parsed) | {name for term in parsed.random for name in term.factor} | set(exclude)
     used |= {name for expr in parsed.offsets for name in expression_variables(expr)}
     others = [str(c) for c in columns if str(c) not in used]
     if not others:
@@ -300,8 +324,9 @@ def with_fixed_part(parsed: ParsedFormula, fixed: str | None) -> ParsedFormula:
 
 def _check_expressions(parsed: ParsedFormula) -> None:
     """Refuse, before any evaluation, a formula whose pieces are not safe expressions."""
-    fixed = [] if parsed.has_dot else [parsed.fixed_formula]
-    pieces = fixed + [f"0 + I({expr})" for expr in parsed.offsets] + [term.expr for term in parsed.random]
+    fixed = [] if parsed.has_dot else [parsed.fixed if parsed.counts else parsed.fixed_formula]
+    counts = [f"0 + I({expr})" for expr in parsed.counts]
+    pieces = fixed + counts + [f"0 + I({expr})" for expr in parsed.offsets] + [term.expr for term in parsed.random]
     for piece in pieces:
         try:
             formula = Formula(piece)

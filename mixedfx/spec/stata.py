@@ -26,6 +26,15 @@ from .structures import canonical_structure
 
 RE_OPTIONS = {"noconstant", "nocons", "covariance", "cov"}
 GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level", "residuals", "vce", "dfmethod"}
+#: Options of the generalized commands (melogit, meprobit, mecloglog, mepoisson).
+GLMM_OPTIONS = {"or", "irr", "intpoints", "laplace", "exposure", "offset", "binomial"}
+#: Stata's generalized mixed commands: family and link.
+GLMM_COMMANDS = {
+    "melogit": ("binomial", "logit"),
+    "meprobit": ("binomial", "probit"),
+    "mecloglog": ("binomial", "cloglog"),
+    "mepoisson": ("poisson", "log"),
+}
 
 
 OPTION = r"([A-Za-z_]+)\s*(?:\(((?:[^()]|\([^()]*\))*)\))?"  # name or name(args), args may hold t(x)
@@ -161,8 +170,11 @@ def parse_mixed(command: str, levels_of=None) -> dict:
     (Stata's row range), ``vce`` and ``dfmethod``.
     """
     text = " ".join(command.split())
-    if text.startswith("mixed "):
-        text = text[len("mixed ") :]
+    command_name = text.split(" ", 1)[0]
+    if command_name == "mixed" or command_name in GLMM_COMMANDS:
+        text = text[len(command_name) :].strip()
+    family, link = GLMM_COMMANDS.get(command_name, (None, None))
+    allowed = GLOBAL_OPTIONS | (GLMM_OPTIONS if family else set())
     segments = [seg.strip() for seg in text.split("||")]
     fixed_body, fixed_opts = _split_options(segments[0])
     fixed_body, condition, rows = _qualifiers(fixed_body)
@@ -177,10 +189,10 @@ def parse_mixed(command: str, levels_of=None) -> dict:
     for name, value in fixed_opts:
         if name in ("noconstant", "nocons"):
             fixed_constant = False
-        elif name in GLOBAL_OPTIONS:
+        elif name in allowed:
             global_opts.append((name, value))
         else:
-            raise OptionError(f"Unknown option {name!r} in the fixed part.{suggest(name, sorted(GLOBAL_OPTIONS))}")
+            raise OptionError(f"Unknown option {name!r} in the fixed part.{suggest(name, sorted(allowed))}")
     random_terms, covariance, no_effects = [], {}, None
     outer: list[str] = []
     for segment in segments[1:]:
@@ -210,8 +222,11 @@ def parse_mixed(command: str, levels_of=None) -> dict:
         random_terms.append(f"({expr} | {group})")
         covariance[group] = structure if len(variables) + constant > 1 else "identity"
     method, scale, conf, residuals, vce, dfmethod = "ml", "var", 95.0, None, "model", None
+    glmm = {"eform": False, "nagq": None, "offsets": [], "trials": None}
     for name, value in global_opts:
-        if name in ("mle", "ml"):
+        if family and name in GLMM_OPTIONS:
+            _glmm_option(glmm, name, value, family)
+        elif name in ("mle", "ml"):
             method = "ml"
         elif name == "reml":
             method = "reml"
@@ -236,12 +251,20 @@ def parse_mixed(command: str, levels_of=None) -> dict:
             confidence_level(value)  # refused outside Stata's 10-99.99
             conf = float(value)
         else:
-            raise OptionError(f"Unknown option {name!r}.{suggest(name, sorted(GLOBAL_OPTIONS | RE_OPTIONS))}")
+            raise OptionError(f"Unknown option {name!r}.{suggest(name, sorted(allowed | RE_OPTIONS))}")
     if no_effects is not None and residuals is None:
         raise FormulaError(f"Level {no_effects!r} has no random effects (noconstant and no variables).")
-    fixed = " + ".join((["1"] if fixed_constant else ["0"]) + regressors)
+    fixed = " + ".join((["1"] if fixed_constant else ["0"]) + regressors + glmm["offsets"])
+    if glmm["trials"] is not None:
+        response = f"cbind({response}, {glmm['trials']} - {response})"
     formula = f"{response} ~ {fixed}" + (f" + {' + '.join(random_terms)}" if random_terms else "")
+    if family and no_effects is not None:
+        raise FormulaError(f"{command_name} needs random effects at level {no_effects!r}.")
     return {
+        "family": family,
+        "link": link,
+        "eform": glmm["eform"],
+        "nagq": glmm["nagq"],
         "formula": formula,
         "covariance": covariance,
         "method": method,
@@ -254,6 +277,35 @@ def parse_mixed(command: str, levels_of=None) -> dict:
         "vce": vce,
         "dfmethod": dfmethod,
     }
+
+
+def _glmm_option(glmm: dict, name: str, value: str | None, family: str) -> None:
+    """One option of melogit/mepoisson: or/irr, intpoints(#), laplace, exposure(), offset(), binomial()."""
+    if name in ("or", "irr"):
+        if (name == "or") != (family == "binomial"):
+            raise OptionError(f"Option {name!r} belongs to {'melogit' if name == 'or' else 'mepoisson'}.")
+        glmm["eform"] = True
+    elif name == "laplace":
+        glmm["nagq"] = 1
+    elif name == "intpoints":
+        text = (value or "").strip()
+        if not text.isdigit() or not 1 <= int(text) <= 25:
+            raise OptionError(f"intpoints({value}) needs a whole number of points from 1 to 25.")
+        glmm["nagq"] = int(text)
+    else:
+        variable = (value or "").strip()
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", variable):
+            raise OptionError(f"{name}() needs one variable name, not {value!r}.")
+        if name == "exposure":
+            if family != "poisson":
+                raise OptionError("exposure() belongs to mepoisson; use offset() or binomial() for melogit.")
+            glmm["offsets"].append(f"offset(log({variable}))")
+        elif name == "offset":
+            glmm["offsets"].append(f"offset({variable})")
+        else:
+            if family != "binomial":
+                raise OptionError("binomial() (the number of trials) belongs to melogit, meprobit and mecloglog.")
+            glmm["trials"] = variable
 
 
 # ---------------------------------------------------------------------------- if conditions

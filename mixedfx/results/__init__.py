@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import scipy.linalg as la
 
-from .data.design import Design
-from .engine.deviance import ProfiledDeviance, Solution
-from .engine.optimize import OptimumReport
-from .engine.rside import RSideModel
-from .engine.stats import Scaling
-from .errors import OptionError
+from ..data.design import Design
+from ..engine.deviance import ProfiledDeviance, Solution
+from ..engine.optimize import OptimumReport
+from ..engine.rside import RSideModel
+from ..engine.stats import Scaling
+from ..errors import OptionError
 
 
 @dataclass
@@ -60,6 +60,42 @@ class RSideFit:
         C = s.correlation(t, group, self.u, occ)[0]
         sd = s.sd_multipliers(self.u)[rows]
         return sigma**2 * C * np.outer(sd, sd)
+
+
+#: Columns of a variance-components table (lme4's ``as.data.frame(VarCorr(fit))``).
+VARCORR_COLUMNS = ["group", "var1", "var2", "vcov", "sdcor"]
+
+
+def varcorr_rows(blocks: list, G: dict[str, pd.DataFrame]) -> list[tuple]:
+    """Rows ``(group, var1, var2, vcov, sdcor)``: each block's variances, then its terms' covariances."""
+    rows = []
+    for block in blocks:
+        cov = G[block.name].to_numpy()
+        for term in block.terms:
+            idx = list(range(cov.shape[0]))[term.columns]
+            for i in idx:
+                rows.append((block.name, block.names[i], None, cov[i, i], np.sqrt(cov[i, i])))
+            if term.structure.kind in ("unstructured", "exchangeable"):
+                for a, i in enumerate(idx):
+                    for j in idx[a + 1 :]:
+                        denom = np.sqrt(cov[i, i] * cov[j, j])
+                        corr = cov[i, j] / denom if denom > 0 else np.nan
+                        rows.append((block.name, block.names[i], block.names[j], cov[i, j], corr))
+    return rows
+
+
+def group_size_table(blocks: list) -> pd.DataFrame:
+    """Observations per group (min, mean, max) for each grouping factor."""
+    rows = {}
+    for block in blocks:
+        counts = block.level_counts
+        rows[block.name] = {
+            "groups": block.n_levels,
+            "min": int(counts.min()),
+            "avg": float(counts.mean()),
+            "max": int(counts.max()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def inverse_from_lower(RX: np.ndarray) -> np.ndarray:
@@ -238,21 +274,9 @@ class FitRecord:
     @cached_property
     def varcorr(self) -> pd.DataFrame:
         """Variance components as a tidy table (lme4 layout): group, var1, var2, vcov, sdcor."""
-        rows = []
-        for block in self.design.blocks:
-            G = self.G[block.name].to_numpy()
-            for term in block.terms:
-                idx = list(range(G.shape[0]))[term.columns]
-                for i in idx:
-                    rows.append((block.name, block.names[i], None, G[i, i], np.sqrt(G[i, i])))
-                if term.structure.kind in ("unstructured", "exchangeable"):
-                    for a, i in enumerate(idx):
-                        for j in idx[a + 1 :]:
-                            denom = np.sqrt(G[i, i] * G[j, j])
-                            corr = G[i, j] / denom if denom > 0 else np.nan
-                            rows.append((block.name, block.names[i], block.names[j], G[i, j], corr))
+        rows = varcorr_rows(self.design.blocks, self.G)
         rows.append(("Residual", None, None, self.sigma**2, self.sigma))
-        return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
+        return pd.DataFrame(rows, columns=VARCORR_COLUMNS)
 
     @property
     def singular(self) -> bool:
@@ -262,13 +286,4 @@ class FitRecord:
     @cached_property
     def group_sizes(self) -> pd.DataFrame:
         """Observations per group (min, mean, max) for each grouping factor."""
-        rows = {}
-        for block in self.design.blocks:
-            counts = block.level_counts
-            rows[block.name] = {
-                "groups": block.n_levels,
-                "min": int(counts.min()),
-                "avg": float(counts.mean()),
-                "max": int(counts.max()),
-            }
-        return pd.DataFrame.from_dict(rows, orient="index")
+        return group_size_table(self.design.blocks)

@@ -1,0 +1,201 @@
+"""GLMM fits against lme4's glmer (tests/reference/make_glmm.R), and GLMM input checks.
+
+lme4's Laplace log-likelihood uses the log-determinant of the PIRLS factor from the last
+iteration's weights (one step stale), so its optimum sits slightly below the exact Laplace
+optimum: ours must be at least as high and within 1e-3.  Its AGQ values (constants left out)
+are compared exactly after removing our constants.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mixedfx
+from conftest import glmm_reference_names, load_reference, reference_data
+from mixedfx.engine.laplace import ClusteredLaplace
+from mixedfx.errors import DataError, FormulaError, OptionError
+
+
+def _fit(ref: dict) -> mixedfx.GLMMResults:
+    data = reference_data(ref)
+    family = ref["family"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mixedfx.fit(ref["formula"], data, family=family, link=ref["link"], nagq=ref["nAGQ"])
+
+
+@pytest.fixture(scope="module", params=glmm_reference_names())
+def case(request):
+    ref = load_reference(request.param)
+    return ref, _fit(ref)
+
+
+def _comparable_loglik(fit: mixedfx.GLMMResults, ref: dict) -> float:
+    """Our log-likelihood as lme4 reports it: without constants for nAGQ > 1."""
+    if ref["nAGQ"] <= 1:
+        return fit.loglik
+    rec = fit.record
+    return fit.loglik - float(np.sum(rec.family.saturated_loglik(rec.data.y, rec.data.m)))
+
+
+def test_loglik_matches_lme4(case):
+    ref, fit = case
+    ll = _comparable_loglik(fit, ref)
+    tol = 1e-6 if ref["nAGQ"] > 1 else 1e-3
+    assert ll >= ref["loglik"] - 1e-6
+    assert ll <= ref["loglik"] + tol
+
+
+def test_fixed_effects_and_se_match_lme4(case):
+    ref, fit = case
+    names = list(ref["fixef"])
+    est, se = fit.fixef[names].to_numpy(), fit.se[names].to_numpy()
+    ref_est, ref_se = np.array([ref["fixef"][n] for n in names]), np.array([ref["se"][n] for n in names])
+    exact = ref["nAGQ"] > 1
+    scale = np.maximum(np.abs(ref_est), ref_se)
+    assert np.all(np.abs(est - ref_est) <= (5e-4 if exact else 2e-3) * scale), (est, ref_est)
+    np.testing.assert_allclose(se, ref_se, rtol=1e-4 if exact else 2e-2)
+
+
+def test_variances_match_lme4(case):
+    ref, fit = case
+    ours = fit.varcorr["vcov"].to_numpy()
+    theirs = np.array([row["vcov"] for row in ref["varcorr"]])
+    np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-4)
+
+
+def test_conditional_modes_match_lme4(case):
+    ref, fit = case
+    for factor, values in ref["ranef"].items():
+        ours = fit.ranef()[factor]
+        mode = np.array(values["mode"], dtype=float).reshape(len(values["levels"]), -1)
+        got = ours.loc[[str(x) for x in values["levels"]], ours.columns[: mode.shape[1]]]
+        np.testing.assert_allclose(got.to_numpy(), mode, atol=5e-3 * max(1.0, np.abs(mode).max()))
+
+
+def test_agq_with_one_node_is_laplace():
+    data = mixedfx.datasets.load("cbpp")
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    laplace = mixedfx.fit(formula, data, family="binomial")
+    ev = laplace.record
+    from_quadrature = -0.5 * _quadrature(ev, 1)
+    assert from_quadrature == pytest.approx(laplace.loglik, abs=1e-9)
+
+
+def _quadrature(record, nodes):
+    ev = ClusteredLaplace(record.data)
+    mode = ev.mode(record.optimum.beta, record.theta)
+    return ev.quadrature(record.optimum.beta, record.theta, mode, nodes)
+
+
+def test_laplace_gradient_matches_finite_differences():
+    fit = mixedfx.fit("use ~ age + urban + (1 | district)", mixedfx.datasets.load("contraception"), family="binomial")
+    ev = ClusteredLaplace(fit.record.data)
+    beta, theta = fit.record.optimum.beta + 0.05, fit.theta * 1.3
+    _, g_theta, g_beta = ev.laplace_gradient(beta, theta)
+    h = 1e-6
+    numeric = [
+        (ev.deviance(beta + h * e, theta) - ev.deviance(beta - h * e, theta)) / (2 * h) for e in np.eye(beta.size)
+    ]
+    np.testing.assert_allclose(g_beta, numeric, rtol=1e-5, atol=1e-6)
+    numeric_theta = (ev.deviance(beta, theta + h) - ev.deviance(beta, theta - h)) / (2 * h)
+    assert g_theta[0] == pytest.approx(numeric_theta, rel=1e-5)
+
+
+def test_stata_melogit_defaults_to_seven_points():
+    data = mixedfx.datasets.load("contraception")
+    fit = mixedfx.melogit("use age urban livch || district:", data)
+    assert fit.nagq == 7
+    same = mixedfx.fit("use ~ age + urban + livch + (1 | district)", data, family="binomial", nagq=7)
+    assert fit.loglik == pytest.approx(same.loglik, abs=1e-9)
+    assert fit.loglik > mixedfx.fit("use ~ age + urban + livch + (1 | district)", data, family="binomial").loglik
+    assert "Odds Ratio" in mixedfx.melogit("use age || district:, or", mixedfx.datasets.load("contraception")).summary()
+
+
+def test_mepoisson_exposure_is_an_offset():
+    ref = load_reference("poisson_exposure_laplace")
+    data = reference_data(ref)
+    fit = mixedfx.mepoisson("y x, exposure(exposure) || g:, laplace irr", data)
+    assert fit.loglik == pytest.approx(ref["loglik"], abs=1e-3)
+    assert "IRR" in fit.summary()
+
+
+def test_bernoulli_proportion_and_cbind_agree():
+    cbpp = mixedfx.datasets.load("cbpp")
+    counts = mixedfx.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    cbpp["prop"] = cbpp["incidence"] / cbpp["size"]
+    prop = mixedfx.fit("prop ~ period + (1 | herd)", cbpp, family="binomial", weights="size")
+    assert prop.loglik == pytest.approx(counts.loglik, abs=1e-8)
+    rows = cbpp.loc[cbpp.index.repeat(cbpp["size"])].copy()
+    rows["y"] = np.concatenate([np.r_[np.ones(k), np.zeros(m - k)] for k, m in zip(cbpp["incidence"], cbpp["size"])])
+    bern = mixedfx.fit("y ~ period + (1 | herd)", rows, family="bernoulli")
+    np.testing.assert_allclose(bern.fixef, counts.fixef, atol=1e-5)
+
+
+def test_predictions_conditional_fixed_marginal():
+    fit = mixedfx.fit("use ~ age + urban + (1 | district)", mixedfx.datasets.load("contraception"), family="binomial")
+    conditional = fit.predict()["prediction"]
+    np.testing.assert_allclose(conditional, fit.record.family.mean(fit.record.eta))
+    fixed = fit.predict(level="fixed", kind="link", interval=True)
+    assert (fixed["lower"] < fixed["prediction"]).all() and (fixed["prediction"] < fixed["upper"]).all()
+    marginal = fit.predict(level="marginal")["prediction"]
+    at_zero = fit.record.family.mean(fixed["prediction"])
+    # averaging a logistic curve over random intercepts pulls probabilities towards 1/2
+    assert ((marginal - 0.5).abs() <= (at_zero - 0.5).abs() + 1e-12).all()
+    new = pd.DataFrame({"age": [0.0], "urban": ["Y"], "district": ["no such district"]})
+    assert fit.predict(new, level="conditional")["prediction"].iloc[0] == pytest.approx(
+        fit.predict(new, level="fixed")["prediction"].iloc[0]
+    )
+
+
+def test_lr_test_and_icc():
+    fit = mixedfx.fit("use ~ age + urban + (1 | district)", mixedfx.datasets.load("contraception"), family="binomial")
+    lr = fit.lrtest_vs_glm()
+    assert lr.kind == "chibar2(01)" and lr.statistic > 0
+    var = fit.G["district"].iloc[0, 0]
+    assert fit.icc()["icc"].iloc[0] == pytest.approx(var / (var + np.pi**2 / 3))
+
+
+@pytest.mark.parametrize(
+    "formula, data, family, error, match",
+    [
+        ("y ~ x + (1 | g)", {"y": [0, 1, 2, 0], "x": [1, 2, 3, 4], "g": list("aabb")}, "bernoulli", DataError, "0/1"),
+        ("y ~ x + (1 | g)", {"y": [0, -1, 2, 0], "x": [1, 2, 3, 4], "g": list("aabb")}, "poisson", DataError, ">= 0"),
+        ("y ~ x + (1 | g)", {"y": [0, 0, 0, 0], "x": [1, 2, 3, 4], "g": list("aabb")}, "bernoulli", DataError, "only"),
+        ("y ~ x + (1 | g)", {"y": list("abca"), "x": [1, 2, 3, 4], "g": list("aabb")}, "binomial", DataError, "two"),
+        ("y ~ x + (1 | g)", {"y": [0, 1, 0, 1], "x": [1, 2, 3, 4], "g": list("aabb")}, "gamma", OptionError, "family"),
+        ("cbind(y, n - y) ~ x + (1 | g)", {"y": [0, 1, 0, 1], "n": [1, 0, 1, 2], "x": [1, 2, 3, 4], "g": list("aabb")},
+         "binomial", DataError, "failures|count"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_refused(formula, data, family, error, match):
+    with pytest.raises(error, match=match):
+        mixedfx.fit(formula, pd.DataFrame(data), family=family)
+
+
+def test_cbind_needs_a_family_and_quadrature_one_factor():
+    cbpp = mixedfx.datasets.load("cbpp")
+    with pytest.raises(FormulaError, match="family"):
+        mixedfx.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp)
+    verb = mixedfx.datasets.load("verbagg")
+    with pytest.raises(OptionError, match="one grouping factor"):
+        mixedfx.fit("r2 ~ Anger + (1 | id) + (1 | item)", verb, family="binomial", nagq=7)
+
+
+def test_non_integer_counts_warn():
+    rng = np.random.default_rng(3)
+    data = pd.DataFrame({"y": rng.poisson(3, 60) + 0.5, "x": rng.normal(size=60), "g": np.repeat(np.arange(12), 5)})
+    with pytest.warns(UserWarning, match="non-integer"):
+        mixedfx.fit("y ~ x + (1 | g)", data, family="poisson")
+
+
+def test_separation_warns():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=200)
+    data = pd.DataFrame({"y": (x > 0).astype(float), "x": x, "g": np.repeat(np.arange(20), 10)})
+    with pytest.warns(UserWarning, match="separated"):
+        mixedfx.fit("y ~ x + (1 | g)", data, family="bernoulli")
