@@ -32,6 +32,7 @@ from ..results.glmm import GLMMRecord
 from ..spec.options import two_sided_quantile
 from .lrtest import LRTest
 from .prediction import _complete_new_rows, _defined_rows, _fixed_matrix, _new_codes, _random_matrix
+from .wald import z_columns
 
 #: Nodes of the Gauss-Hermite rule for population-averaged means.
 MARGINAL_NODES = 40
@@ -45,19 +46,8 @@ def eform_name(record: GLMMRecord) -> str:
 
 def coef_table(record: GLMMRecord, level: float = 95, eform: bool = False) -> pd.DataFrame:
     """Estimate, SE, z, p and CI of each fixed effect (exponentiated with ``eform``)."""
-    q = two_sided_quantile(level)
     est, se = record.fixef, record.se
-    z = est / se
-    table = pd.DataFrame(
-        {
-            "estimate": est,
-            "se": se,
-            "z": z,
-            "p": 2 * st.norm.sf(np.abs(z)),
-            "lower": est - q * se,
-            "upper": est + q * se,
-        }
-    )
+    table = pd.DataFrame(z_columns(est, se, level))
     if eform:
         table["estimate"] = np.exp(est)
         table["se"] = np.exp(est) * se

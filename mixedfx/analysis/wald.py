@@ -42,7 +42,7 @@ def coef_table(result: FitRecord, level: float = 95, dfmethod: str | None = None
     else:
         se = result.se
     if dfmethod is None:
-        return pd.DataFrame(_z_columns(est, se, level))
+        return pd.DataFrame(z_columns(est, se, level))
     df, vcov = coefficient_df(result, dfmethod)
     se = pd.Series(np.sqrt(np.diag(vcov.to_numpy())), index=est.index)
     stat = est / se
@@ -119,10 +119,10 @@ def lincom(result: FitRecord, expr: str, level: float = 95, vcov: np.ndarray | N
     V = result.vcov.to_numpy() if vcov is None else vcov
     est = float(L @ result.fixef.to_numpy() + c)
     se = float(np.sqrt(L @ V @ L))
-    return pd.Series(_z_columns(est, se, level), name=expr)
+    return pd.Series(z_columns(est, se, level), name=expr)
 
 
-def _z_columns(est, se, level: float) -> dict:
+def z_columns(est, se, level: float) -> dict:
     """Estimate, SE, z, two-sided p and normal CI (scalars or aligned Series)."""
     q = two_sided_quantile(level)
     z = est / se

@@ -187,8 +187,8 @@ def deviance_hessian(ev, x: np.ndarray, k: int, nagq: int, lower: np.ndarray) ->
     return H, free
 
 
-def fit_glmm_design(design: Design, family: Family, nagq: int) -> tuple[GLMMOptimum, Scaling, GLMMData]:
-    """Stages 2-5 for a design with its rows."""
+def fit_glmm_design(design: Design, family: Family, nagq: int) -> tuple[GLMMOptimum, Scaling, GLMMData, list]:
+    """Stages 2-5 for a design with its rows; also ``Var(u | y)`` per factor at the optimum."""
     check_response_varies(design)
     scaling = glmm_scaling(design)
     data = glmm_data(design, family, scaling)
@@ -210,7 +210,7 @@ def fit_glmm_design(design: Design, family: Family, nagq: int) -> tuple[GLMMOpti
     mode = ev.mode(beta, theta)
     deviance = mode.laplace if nagq <= 1 else ev.quadrature(beta, theta, mode, nagq)
     optimum = GLMMOptimum(theta, beta, deviance, nagq, report, H, free, mode, glm, ev.iterations)
-    return optimum, scaling, data
+    return optimum, scaling, data, ev.conditional_variances(beta, theta)
 
 
 def warn_glmm(optimum: GLMMOptimum, singular: bool, names: list[str], stacklevel: int = 3) -> None:
@@ -261,12 +261,7 @@ def fit_glmm_rows(
     )
     nagq = check_nagq(nagq, design)
     with one_blas_thread():
-        optimum, scaling, data = fit_glmm_design(design, engine_family, nagq)
-        ev = evaluator(data)
-        ev.u = (
-            np.concatenate([u.ravel() for u in optimum.mode.u]) if isinstance(ev, SparseLaplace) else optimum.mode.u[0]
-        )
-        variances = ev.conditional_variances(optimum.beta, optimum.theta)
+        optimum, scaling, data, variances = fit_glmm_design(design, engine_family, nagq)
     record = GLMMRecord(design, engine_family, family, scaling, data, optimum, variances)
     warn_glmm(optimum, record.singular, design.fixed_names, stacklevel=4)
     if not _positive_definite(optimum.hessian):
