@@ -1,7 +1,8 @@
 """Command-line interface: ``mixedfx fit DATA FORMULA [options]`` and ``mixedfx report ...``.
 
 DATA is a ``.csv``/``.tsv``, ``.dta`` or ``.parquet`` file, or the name of a bundled data
-set (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``).  Errors print one
+set (``exam``, ``asian``, ``sleepstudy``, ``pastes``, ``penicillin``, ``cbpp``,
+``verbagg``, ``grouseticks``, ``contraception``).  Errors print one
 line on stderr and exit with status 2 (``--debug`` shows the traceback instead).
 """
 
@@ -18,7 +19,7 @@ from . import __version__, datasets
 from .api import compare as mixedfx_compare
 from .api import fit, mixed
 from .data.io import check_output_path, read_data
-from .errors import DataError, MixedFXError, suggest
+from .errors import DataError, MixedFXError, OptionError, suggest
 from .present import text
 from .spec.options import confidence_level
 
@@ -39,7 +40,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "data", help="data file (.csv, .tsv, .dta, .parquet), bundled data set name, or with --engine duckdb a glob"
     )
     fit.add_argument("formula", help="lme4 formula, e.g. 'y ~ x + (1 + x | g)'")
-    fit.add_argument("--method", default="reml", choices=["reml", "ml"], help="estimation method (default reml)")
+    fit.add_argument(
+        "--method", choices=["reml", "ml"], help="estimation method (default reml; ml with --family, the only one)"
+    )
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     fit.add_argument("--ranef", action="store_true", help="with --json, include BLUPs and conditional SDs")
     fit.add_argument("--weights", help="column of observation weights (residual variance sigma^2/w)")
@@ -58,6 +61,19 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--dfmethod", choices=["satterthwaite", "kroger"], help="t tests with Satterthwaite or Kenward-Roger df"
     )
+    fit.add_argument(
+        "--family",
+        choices=["binomial", "bernoulli", "poisson"],
+        help="a generalized linear mixed model (maximum likelihood; --method does not apply)",
+    )
+    fit.add_argument("--link", help="with --family: logit (default), probit or cloglog; log for poisson")
+    fit.add_argument(
+        "--nagq",
+        type=int,
+        default=1,
+        help="with --family: 1 Laplace (default), 0 lme4's fast start, k > 1 points of adaptive quadrature",
+    )
+    fit.add_argument("--or", dest="eform", action="store_true", help="with --family: odds ratios / IRRs")
     fit.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     stata = sub.add_parser("stata", help="fit a model written as a Stata mixed command, optionally with estat")
     stata.add_argument("data", help="data file (.dta, .csv, .tsv, .parquet) or bundled data set name")
@@ -138,13 +154,18 @@ def _run_stata(args: argparse.Namespace) -> int:
 
 def _run_fit(args: argparse.Namespace) -> int:
     confidence_level(args.level)  # percent, as in Stata: refused before the fit
+    if args.family is not None:
+        return _run_glmm(args)
+    for flag, given in (("--link", args.link is not None), ("--nagq", args.nagq != 1), ("--or", args.eform)):
+        if given:
+            raise OptionError(f"{flag} applies to generalized models only; add --family binomial or poisson.")
     data = args.data if args.engine == "duckdb" else _load(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fit(
             args.formula,
             data,
-            method=args.method,
+            method=args.method or "reml",
             weights=args.weights,
             engine=args.engine,
             residuals=args.residuals,
@@ -156,6 +177,31 @@ def _run_fit(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(ranef=args.ranef, dfmethod=args.dfmethod), indent=2))
     else:
         print(result.summary(level=args.level, scale="sd" if args.stddev else "var", dfmethod=args.dfmethod))
+    return 0
+
+
+def _run_glmm(args: argparse.Namespace) -> int:
+    """``mixedfx fit ... --family F``: a generalized linear mixed model."""
+    refused = {
+        "--method reml": args.method == "reml",
+        "--residuals": args.residuals is not None,
+        "--group": args.group is not None,
+        "--engine duckdb": args.engine != "memory",
+        "--dfmethod": args.dfmethod is not None,
+    }
+    for flag, given in refused.items():
+        if given:
+            raise OptionError(f"{flag} is an option of linear mixed models, not of --family {args.family}.")
+    data = _load(args.data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(args.formula, data, weights=args.weights, family=args.family, link=args.link, nagq=args.nagq)
+    for w in caught:
+        print(f"mixedfx: warning: {one_line(w.message)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(ranef=args.ranef), indent=2))
+    else:
+        print(result.summary(level=args.level, eform=args.eform, scale="sd" if args.stddev else "var"))
     return 0
 
 

@@ -18,6 +18,7 @@ from .fitting.glmm import fit_glmm_rows
 from .present import glmm_text
 from .results.glmm import GLMMRecord
 from .spec.formula import parse_formula
+from .spec.stata import stata_coefficient_name
 
 
 class GLMMSummary(str):
@@ -157,6 +158,7 @@ def stata_glmm(spec: dict, frame: pd.DataFrame, command: str) -> GLMMResults:
     record = fit_glmm_rows(
         parse_formula(spec["formula"]), frame, spec["family"], spec["link"], spec["nagq"], covariance=spec["covariance"]
     )
+    record.labels = {name: stata_coefficient_name(name) for name in record.design.fixed_names if name != "(Intercept)"}
     result = GLMMResults(record)
     result.display_eform, result.display_level, result.display_scale = spec["eform"], spec["level"], spec["scale"]
     result.stata_command = command

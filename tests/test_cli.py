@@ -95,3 +95,29 @@ def test_report_on_small_clusters_with_integer_ages(tmp_path):
     output = tmp_path / "o.html"
     assert main(["report", str(source), "distance ~ age + (age | Subject)", "--by", "Sex", "-o", str(output)]) == 0
     assert output.exists()
+
+
+def test_glmm_fit_text_and_json(capsys):
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    assert main(["fit", "cbpp", formula, "--family", "binomial", "--or"]) == 0
+    out = capsys.readouterr().out
+    assert "Mixed-effects logistic regression" in out and "Odds Ratio" in out
+    assert main(["fit", "cbpp", formula, "--family", "binomial", "--nagq", "7", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["nagq"] == 7 and out["family"] == "binomial" and out["link"] == "logit"
+    assert out["loglik"] == pytest.approx(-91.98335, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--nagq", "7"], "--nagq applies to generalized models"),
+        (["--family", "binomial", "--method", "reml"], "--method reml"),
+        (["--family", "binomial", "--link", "log"], "link 'log'"),
+        (["--family", "binomial", "--residuals", "ar1"], "--residuals"),
+    ],
+)
+def test_glmm_flags_are_checked(extra, match, capsys):
+    formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+    assert main(["fit", "cbpp", formula, *extra]) == 2
+    assert match in capsys.readouterr().err

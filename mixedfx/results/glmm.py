@@ -10,7 +10,7 @@ two and the GLM without random effects compare; lme4 prints the same Laplace val
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -35,6 +35,7 @@ class GLMMRecord:
     data: GLMMData
     optimum: GLMMOptimum
     conditional_variances: list[np.ndarray]  # Var(u | y) per factor (levels, q, q), spherical scale
+    labels: dict[str, str] = field(default_factory=dict)  # printed names of fixed effects (Stata's 2.period)
 
     # ------------------------------------------------------------------ what was fitted
     @property
@@ -98,9 +99,14 @@ class GLMMRecord:
         return self.optimum.glm.loglik
 
     # ------------------------------------------------------------------ fixed effects
+    @property
+    def fixed_names(self) -> list[str]:
+        """The fixed effects' printed names: the design's, or their ``labels``."""
+        return [self.labels.get(name, name) for name in self.design.fixed_names]
+
     @cached_property
     def fixef(self) -> pd.Series:
-        return pd.Series(self.scaling.T @ self.optimum.beta, index=self.design.fixed_names)
+        return pd.Series(self.scaling.T @ self.optimum.beta, index=self.fixed_names)
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
@@ -109,12 +115,12 @@ class GLMMRecord:
         p = opt.beta.size
         V = 2.0 * _symmetric_inverse(opt.hessian)[-p:, -p:]
         V = self.scaling.T @ V @ self.scaling.T.T
-        names = self.design.fixed_names
+        names = self.fixed_names
         return pd.DataFrame(V, index=names, columns=names)
 
     @cached_property
     def se(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.clip(np.diag(self.vcov.to_numpy()), 0.0, None)), index=self.design.fixed_names)
+        return pd.Series(np.sqrt(np.clip(np.diag(self.vcov.to_numpy()), 0.0, None)), index=self.fixed_names)
 
     # ------------------------------------------------------------------ random effects
     @property

@@ -199,3 +199,51 @@ def test_separation_warns():
     data = pd.DataFrame({"y": (x > 0).astype(float), "x": x, "g": np.repeat(np.arange(20), 10)})
     with pytest.warns(UserWarning, match="separated"):
         mixedfx.fit("y ~ x + (1 | g)", data, family="bernoulli")
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"family": "binomial", "link": "log"}, OptionError, "link 'log'"),
+        ({"family": "poisson", "link": "logit"}, OptionError, "link 'logit'"),
+        ({"family": "bernoulli", "weights": "n"}, FormulaError, "one trial per row"),
+        ({"family": "binomial", "nagq": -1}, OptionError, "nagq"),
+        ({"family": "binomial", "nagq": 2.5}, OptionError, "nagq"),
+    ],
+)
+def test_bad_options_are_refused(options, error, match):
+    data = pd.DataFrame({"y": [0, 1, 0, 1, 1, 0], "n": [1] * 6, "x": np.arange(6.0), "g": list("aabbcc")})
+    with pytest.raises(error, match=match):
+        mixedfx.fit("y ~ x + (1 | g)", data, **options)
+
+
+def test_cbind_with_weights_is_refused():
+    cbpp = mixedfx.datasets.load("cbpp")
+    with pytest.raises(FormulaError, match="give no weights"):
+        mixedfx.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial", weights="size")
+
+
+@pytest.mark.parametrize(
+    "command, match",
+    [
+        ("melogit use age || district:, intpoints(0)", "intpoints"),
+        ("melogit use age || district:, exposure(age)", "exposure"),
+        ("melogit use age || district:, offset(1+age)", "variable"),
+    ],
+)
+def test_bad_stata_options_are_refused(command, match):
+    with pytest.raises(OptionError, match=match):
+        mixedfx.mixed(command, mixedfx.datasets.load("contraception"))
+
+
+def test_cluster_with_only_zeros_has_a_finite_mode_shrunk_below_the_others():
+    rng = np.random.default_rng(11)
+    g = np.repeat(np.arange(30), 20)
+    y = (rng.random(g.size) < 1 / (1 + np.exp(-rng.normal(0, 1, 30)[g]))).astype(float)
+    y[g == 0] = 0.0
+    fit = mixedfx.fit("y ~ 1 + (1 | g)", pd.DataFrame({"y": y, "g": g}), family="bernoulli")
+    modes = fit.ranef()["g"]
+    first = modes.iloc[0]
+    assert np.isfinite(first.to_numpy(dtype=float)).all()
+    # all 20 rows 0: the lowest mode, yet finite (the penalty keeps it off -inf)
+    assert first.iloc[0] == modes.iloc[:, 0].min() and first.iloc[0] > -10
