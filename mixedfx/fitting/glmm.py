@@ -5,11 +5,13 @@
    unit root mean square; the record maps back exactly);
 2. a GLM without random effects by IRLS: the start of beta, and the null model of the LR test;
 3. ``nagq = 0`` stage: theta optimised with beta inside PIRLS (:meth:`joint_mode`), lme4's
-   fast first stage (the answer when ``nagq = 0``);
+   fast first stage (the answer when ``nagq = 0``); skipped where stage 4 has an analytic
+   gradient, which converges as fast from the GLM and theta = 1;
 4. the Laplace (``nagq = 1``) or adaptive Gauss-Hermite (``nagq > 1``) deviance minimised over
    ``(theta, beta)`` together, from stage 3 (analytic gradient where available);
 5. the covariance of beta: twice the inverse Hessian of the deviance in ``(theta, beta)``
-   (lme4's default for GLMMs), its beta block; theta on a bound is held fixed.
+   (lme4's default for GLMMs), its beta block; theta on a bound is held fixed.  The Hessian
+   is a central difference of the analytic gradient where there is one, else of the deviance.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 from ..data.design import Design, build_design
 from ..engine.family import Family
 from ..engine.laplace import GLM, ClusteredLaplace, GLMMData, GLMMOptimum, SparseLaplace
-from ..engine.numdiff import central_hessian
+from ..engine.numdiff import central_hessian, hessian_from_gradient
 from ..engine.optimize import OptimumReport, minimize_deviance
 from ..engine.stats import Scaling, standardisation
 from ..errors import ConvergenceWarning, DataError, FormulaError, OptionError, SeparationWarning, SingularFitWarning
@@ -135,6 +137,12 @@ def fit_glm(data: GLMMData, iterations: int = 100) -> GLM:
     return GLM(beta, ll, converged)
 
 
+def has_analytic_gradient(ev, nagq: int) -> bool:
+    """Whether the deviance has an analytic gradient: Laplace with one scalar random effect
+    and a canonical link (not quadrature)."""
+    return nagq == 1 and ev.has_gradient
+
+
 # ---------------------------------------------------------------------------- stage 3: nAGQ = 0
 def optimise_theta_joint(ev, data: GLMMData, beta0: np.ndarray, lower: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """theta minimising the Laplace deviance with beta inside PIRLS (lme4's ``nAGQ = 0``)."""
@@ -160,7 +168,7 @@ def optimise_laplace(ev, data: GLMMData, theta0: np.ndarray, beta0: np.ndarray, 
         return ev.deviance(x[k:], x[:k], nagq)
 
     analytic = None
-    if nagq <= 1 and ev.laplace_gradient(beta0, theta0) is not None:
+    if has_analytic_gradient(ev, nagq):
 
         def analytic(x: np.ndarray) -> tuple[float, np.ndarray]:
             value, g_theta, g_beta = ev.laplace_gradient(x[k:], x[:k])
@@ -182,7 +190,14 @@ def deviance_hessian(ev, x: np.ndarray, k: int, nagq: int, lower: np.ndarray) ->
     def deviance(point: np.ndarray) -> float:
         return ev.deviance(point[k:], point[:k], nagq)
 
-    H = central_hessian(deviance, x, steps, free)
+    def gradient(point: np.ndarray) -> np.ndarray:
+        _, g_theta, g_beta = ev.laplace_gradient(point[k:], point[:k])
+        return np.concatenate([g_theta, g_beta])
+
+    if has_analytic_gradient(ev, nagq):
+        H = hessian_from_gradient(gradient, x, steps, free)
+    else:
+        H = central_hessian(deviance, x, steps, free)
     ev.mode(x[k:], x[:k])  # leave the evaluator at the optimum's mode
     return H, free
 
@@ -195,7 +210,12 @@ def fit_glmm_design(design: Design, family: Family, nagq: int) -> tuple[GLMMOpti
     glm = fit_glm(data)
     ev = evaluator(data)
     lower = np.concatenate([layout.lower_bounds() for layout in data.layouts])
-    theta, beta = optimise_theta_joint(ev, data, glm.beta, lower)
+    if nagq == 1 and ev.has_gradient:
+        # with the analytic gradient the Laplace stage needs no better start than the GLM
+        # (it took as many steps from here as from the nAGQ = 0 optimum, which cost as many again)
+        theta, beta = np.concatenate([layout.start() for layout in data.layouts]), glm.beta
+    else:
+        theta, beta = optimise_theta_joint(ev, data, glm.beta, lower)
     k = theta.size
     if nagq == 0:
         report = OptimumReport(theta, ev.mode(beta, theta).laplace, True, "nAGQ = 0 optimum", 0, np.zeros(k))
