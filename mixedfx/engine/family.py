@@ -167,6 +167,21 @@ class Family:
             return m * (y - mu), np.maximum(m * mu * (1.0 - mu), 1e-300)
         return self.score(y, eta, m), self.weight(eta, m)
 
+    def score_weight_derivative(
+        self, y: np.ndarray, eta: np.ndarray, m: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(score, weight, dweight/deta)`` of each row for the canonical links (sharing the
+        mean): logit ``w = m mu (1 - mu)``, ``w' = w (1 - 2 mu)``; log ``w' = w = m mu``."""
+        if not self.canonical:
+            raise ValueError(f"the weight's derivative is implemented for canonical links, not {self.link!r}")
+        if self.name == "poisson":
+            mu = np.exp(np.clip(eta, -_ETA_LIMIT, _ETA_LIMIT))
+            w = np.maximum(m * mu, 1e-300)
+            return m * (y - mu), w, w
+        mu = _expit(eta)
+        w = np.maximum(m * mu * (1.0 - mu), 1e-300)
+        return m * (y - mu), w, w * (1.0 - 2.0 * mu)
+
     def weight(self, eta: np.ndarray, m: np.ndarray) -> np.ndarray:
         """IRLS weight ``m (dmu/deta)^2 / V(mu)`` of each row (never exactly zero)."""
         if self.name == "poisson":
@@ -186,5 +201,7 @@ class Family:
 
 def binomial_constant(y: np.ndarray, m: np.ndarray) -> np.ndarray:
     """``log choose(m, k)`` with ``k = y m`` (0 for Bernoulli rows)."""
+    if np.all(m == 1.0):  # Bernoulli: choose(1, k) = 1
+        return np.zeros_like(np.asarray(y, dtype=float))
     k = np.round(y * m)
     return gammaln(m + 1.0) - gammaln(k + 1.0) - gammaln(m - k + 1.0)

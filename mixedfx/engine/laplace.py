@@ -145,6 +145,28 @@ class GLMMOptimum:
 
 
 # ---------------------------------------------------------------------------- one factor
+@dataclass
+class _ModeSensitivity:
+    """Derivatives at a mode, one scalar random effect, canonical link (observed information
+    = IRLS weight ``w``, ``w' = dw/deta``), per cluster ``i``:
+
+    - ``H_i = 1 + lambda^2 sum_j w_j z_j^2`` (the curvature; ``s_i = H_i^{-1/2}``);
+    - ``du_i/dbeta = -lambda sum_j w_j z_j x_j / H_i`` and ``du_i/dlambda = (sum_j s_j z_j -
+      lambda u_i sum_j w_j z_j^2) / H_i``, from the mode's stationarity;
+    - ``dH_i = lambda^2 sum_j w'_j z_j^2 d eta_j + 2 lambda sum_j w_j z_j^2 d lambda`` with
+      ``d eta_j = x_j d beta + z_j (u_i d lambda + lambda d u_i)``.
+    """
+
+    lam: float
+    score: np.ndarray  # per row, at the mode
+    score_z: np.ndarray  # sum_j s_j z_j per cluster
+    H: np.ndarray
+    du_dbeta: np.ndarray  # (L, p)
+    du_dlam: np.ndarray
+    dH_dbeta: np.ndarray  # (L, p)
+    dH_dlam: np.ndarray
+
+
 class ClusteredLaplace:
     """The Laplace / AGQ deviance with one grouping factor: block-diagonal systems, batched."""
 
@@ -161,10 +183,16 @@ class ClusteredLaplace:
         # cluster sums as a sparse (clusters x rows) product: 3x faster than np.bincount
         n = self.codes.size
         self._indicator = sp.csr_matrix((np.ones(n), (self.codes, np.arange(n))), shape=(self.L, n))
+        self._XT = np.ascontiguousarray(data.X.T)  # columns of X contiguous (2x faster products)
+        self._unit_z = self.q == 1 and bool(np.all(self.Z == 1.0))  # a random intercept
 
     # -------------------------------------------------------------- per-cluster sums
     def _sum(self, values: np.ndarray) -> np.ndarray:
         return self._indicator @ values
+
+    def _sum_times_x(self, values: np.ndarray) -> np.ndarray:
+        """``sum_j values_j x_j`` per cluster: (L, p), one sparse product per contiguous column."""
+        return np.column_stack([self._indicator @ (values * column) for column in self._XT])
 
     def _zu(self, ZL: np.ndarray, u: np.ndarray) -> np.ndarray:
         """``Z_j Lambda u_{c(j)}`` for every row."""
@@ -272,38 +300,99 @@ class ClusteredLaplace:
         """``(D, dD/dtheta, dD/dbeta)`` of the Laplace deviance, analytically, for one scalar
         random effect and a canonical link (None otherwise).
 
-        By the envelope theorem the mode's own dependence drops out of ``-2 sum log f + u^2``;
-        the log-determinant ``sum_i log H_i`` keeps it: ``dH_i = lambda^2 sum_j w'_j z_j^2
-        d eta_j`` with ``d eta_j = x_j d beta + z_j (u_i d lambda + lambda d u_i)`` and
-        ``d u_i`` from the mode's stationarity (observed information = IRLS weight).
+        By the envelope theorem the mode's own dependence drops out of ``-2 sum log f + u^2``,
+        so ``dD = -2 sum_j s_j d eta_j|_u + sum_i dH_i / H_i`` (see :class:`_ModeSensitivity`).
+        """
+        if not self.has_gradient:
+            return None
+        mode = self.mode(beta, theta)
+        sens = self._sensitivity(mode, theta)
+        u = mode.u[0][:, 0]
+        grad_beta = -2.0 * (sens.score @ self.data.X) + np.sum(sens.dH_dbeta / sens.H[:, None], axis=0)
+        grad_lam = -2.0 * float(u @ sens.score_z) + float(np.sum(sens.dH_dlam / sens.H))
+        # theta -> lambda: the intercept's factor is theta itself (lme4's parameterisation)
+        return mode.laplace, np.array([grad_lam]), grad_beta
+
+    def _sensitivity(self, mode: Mode, theta: np.ndarray) -> _ModeSensitivity:
+        """The mode's and the curvature's derivatives in ``(beta, lambda)`` at ``mode``."""
+        d = self.data
+        lam = float(d.lambdas(theta)[0][0, 0])
+        z = self.Z[:, 0]
+        u = mode.u[0][:, 0]
+        s, w, dw = d.family.score_weight_derivative(d.y, mode.eta, d.m)
+        z2 = z * z
+        wz2 = self._sum(w * z2)
+        score_z = self._sum(s * z)
+        H = 1.0 + lam**2 * wz2
+        du_dbeta = -lam * self._sum_times_x(w * z) / H[:, None]
+        du_dlam = (score_z - lam * u * wz2) / H
+        dwz2 = dw * z2
+        dwz3 = self._sum(dwz2 * z)
+        dH_dbeta = lam**2 * (self._sum_times_x(dwz2) + (lam * dwz3)[:, None] * du_dbeta)
+        dH_dlam = 2.0 * lam * wz2 + lam**2 * dwz3 * (u + lam * du_dlam)
+        return _ModeSensitivity(lam, s, score_z, H, du_dbeta, du_dlam, dH_dbeta, dH_dlam)
+
+    def deviance_gradient(self, beta: np.ndarray, theta: np.ndarray, nagq: int = 1):
+        """``(D, dD/dtheta, dD/dbeta)`` of the Laplace (``nagq <= 1``) or AGQ deviance where
+        :attr:`has_gradient` (None otherwise)."""
+        if nagq <= 1:
+            return self.laplace_gradient(beta, theta)
+        return self.quadrature_gradient(beta, theta, nagq)
+
+    def quadrature_gradient(
+        self, beta: np.ndarray, theta: np.ndarray, nagq: int
+    ) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """``(D, dD/dtheta, dD/dbeta)`` of the adaptive Gauss-Hermite deviance, analytically,
+        under the conditions of :meth:`laplace_gradient` (None otherwise).
+
+        ``D = -2 sum_i [log s_i + log sum_k exp T_ik]`` with ``T_ik = log w_k + sum_j
+        log f(eta_jk) - u_ik^2 / 2``, nodes ``u_ik = u_i + s_i z_k``, ``s_i = H_i^{-1/2}``,
+        ``eta_jk = x_j beta + z_j lambda u_ik``.  The nodes move with the parameters through
+        the mode ``u_i`` and the scale ``s_i`` (``d s_i = -s_i^3 dH_i / 2``), so
+        ``dT_ik = sum_j sigma_jk d eta_jk|_u + a_ik du_ik`` with ``sigma_jk`` the score at the
+        node and ``a_ik = lambda sum_j sigma_jk z_j - u_ik``; the sum over ``k`` is weighted by
+        ``p_ik = softmax_k T_ik``.  One pass over the rows per node.
         """
         d = self.data
         if not self.has_gradient:
             return None
         mode = self.mode(beta, theta)
-        lam = float(d.lambdas(theta)[0][0, 0])
-        z = self.Z[:, 0]
+        sens = self._sensitivity(mode, theta)
+        lam, H, z, X, codes = sens.lam, sens.H, self.Z[:, 0], d.X, self.codes
         u = mode.u[0][:, 0]
-        eta = mode.eta
-        s = d.family.score(d.y, eta, d.m)
-        w = d.family.weight(eta, d.m)
-        dw = _weight_derivative(d.family, eta, d.m, w)
-        z2 = z * z
-        H = 1.0 + lam**2 * self._sum(w * z2)
-        # the mode's derivatives: du_i/dbeta = -lam sum_j w_j z_j x_j / H_i,
-        # du_i/dlam = (sum_j s_j z_j - lam u_i sum_j w_j z_j^2) / H_i
-        wz = w * z
-        du_dbeta = -lam * np.column_stack([self._sum(wz * d.X[:, k]) for k in range(d.X.shape[1])]) / H[:, None]
-        du_dlam = (self._sum(s * z) - lam * u * self._sum(w * z2)) / H
-        # d eta_j / dbeta = x_j + z_j lam du_i/dbeta; d eta_j / dlam = z_j (u_i + lam du_i/dlam)
-        weight = dw * z2 / H[self.codes]  # (1/H_i) lam^2 w'_j z_j^2, lam^2 applied below
-        deta_dbeta = d.X + (z * lam)[:, None] * du_dbeta[self.codes]
-        grad_beta = -2.0 * (s @ d.X) + lam**2 * (weight @ deta_dbeta)
-        deta_dlam = z * (u[self.codes] + lam * du_dlam[self.codes])
-        grad_lam = -2.0 * float(np.sum(s * z * u[self.codes]))
-        grad_lam += float(np.sum(2.0 * lam * self._sum(w * z2) / H)) + lam**2 * float(weight @ deta_dlam)
-        # theta -> lambda: the intercept's factor is theta itself (lme4's parameterisation)
-        return mode.laplace, np.array([grad_lam]), grad_beta
+        scale = 1.0 / np.sqrt(H)
+        ds_dbeta = -0.5 * (scale**3)[:, None] * sens.dH_dbeta
+        ds_dlam = -0.5 * scale**3 * sens.dH_dlam
+        # the nodes: eta_jk = base_j + z_k spread_j
+        nodes, log_w = gauss_hermite(nagq)
+        zl = lam * z
+        base = d.offset + X @ beta + zl * u[codes]
+        spread = zl * scale[codes]
+        U = u[:, None] + scale[:, None] * nodes[None, :]
+        T = np.empty((self.L, nagq))
+        C = np.empty((self.L, nagq))  # sum_j sigma_jk z_j per cluster
+        sigma = np.empty((nagq, codes.size))
+        for k in range(nagq):
+            eta = base + nodes[k] * spread
+            sigma[k] = d.family.score(d.y, eta, d.m)
+            T[:, k] = log_w[k] + self._sum(d.kernel(eta)) - 0.5 * U[:, k] ** 2
+            C[:, k] = self._sum(sigma[k] if self._unit_z else sigma[k] * z)
+        top = np.max(T, axis=1)
+        P = np.exp(T - top[:, None])
+        total = np.sum(P, axis=1)
+        P /= total[:, None]
+        a = lam * C - U
+        A, B = np.sum(P * a, axis=1), np.sum(P * a * nodes[None, :], axis=1)
+        row_score = np.zeros(codes.size)  # sum_k p_ik sigma_jk
+        for k, p_k in enumerate(np.ascontiguousarray(P.T)):
+            row_score += p_k[codes] * sigma[k]
+        grad_beta = np.sum(sens.dH_dbeta / H[:, None], axis=0) - 2.0 * (
+            row_score @ X + A @ sens.du_dbeta + B @ ds_dbeta
+        )
+        grad_lam = float(np.sum(sens.dH_dlam / H)) - 2.0 * float(np.sum(P * U * C) + A @ sens.du_dlam + B @ ds_dlam)
+        log_integral = np.log(scale) - 0.5 * np.log(2.0 * np.pi) + top + np.log(total)
+        value = float(-2.0 * (np.sum(log_integral) + d.constant))
+        return value, np.array([grad_lam]), grad_beta
 
     def conditional_variances(self, beta: np.ndarray, theta: np.ndarray) -> list[np.ndarray]:
         """``Var(u_i | y)`` approximated by ``H_i^{-1}`` at the mode: (L, q, q) for the factor."""
@@ -515,6 +604,10 @@ class SparseLaplace:
 
     has_gradient = False
 
+    def deviance_gradient(self, beta: np.ndarray, theta: np.ndarray, nagq: int = 1) -> None:
+        """No analytic gradient with several factors (finite differences are used)."""
+        return None
+
     def laplace_gradient(self, beta: np.ndarray, theta: np.ndarray) -> None:
         """No analytic gradient with several factors (the optimiser differentiates numerically)."""
         return None
@@ -679,11 +772,3 @@ def _batched_logdet(H: np.ndarray) -> np.ndarray:
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
     top = np.max(a, axis=1)
     return top + np.log(np.sum(np.exp(a - top[:, None]), axis=1))
-
-
-def _weight_derivative(family: Family, eta: np.ndarray, m: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``dW/deta`` of the IRLS weight for the canonical links: logit ``w (1 - 2 mu)``, log ``w``."""
-    if family.name == "poisson":
-        return w
-    mu = family.mean(eta)
-    return w * (1.0 - 2.0 * mu)

@@ -36,6 +36,17 @@ class OptimumReport:
     n_evaluations: int
     gradient: np.ndarray
     moved: bool = True  # False when the optimum is the starting point itself (nothing was learnt)
+    curvature: Curvature | None = None  # the Newton polish's Hessian, where it ran
+
+
+@dataclass(frozen=True)
+class Curvature:
+    """A central-difference Hessian of the deviance over the ``free`` coordinates at ``point``
+    (the one the Newton polish computed; reusable for standard errors near its point)."""
+
+    point: np.ndarray
+    free: np.ndarray
+    hessian: np.ndarray
 
 
 class _Counter:
@@ -236,13 +247,17 @@ def newton_polish(
     lower: np.ndarray,
     upper: np.ndarray,
     gradient: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """:func:`_newton_rounds` until no coordinate ends just short of a bound (at most twice)."""
-    x = _newton_rounds(func, _snap_to_bounds(func, np.array(x, dtype=float), lower, upper), lower, upper, gradient)
+) -> tuple[np.ndarray, Curvature | None]:
+    """:func:`_newton_rounds` until no coordinate ends just short of a bound (at most twice);
+    the polished point and the last Hessian computed (None if none was)."""
+    x, curvature = _newton_rounds(
+        func, _snap_to_bounds(func, np.array(x, dtype=float), lower, upper), lower, upper, gradient
+    )
     snapped = _snap_to_bounds(func, x, lower, upper)
     if np.array_equal(snapped, x):
-        return x
-    return _snap_to_bounds(func, _newton_rounds(func, snapped, lower, upper, gradient), lower, upper)
+        return x, curvature
+    x, again = _newton_rounds(func, snapped, lower, upper, gradient)
+    return _snap_to_bounds(func, x, lower, upper), again or curvature
 
 
 def _newton_rounds(
@@ -251,7 +266,7 @@ def _newton_rounds(
     lower: np.ndarray,
     upper: np.ndarray,
     gradient: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, Curvature | None]:
     """Newton steps with a finite-difference Hessian on the coordinates away from bounds.
 
     L-BFGS-B stops where its gradient is below the gradient's noise, which leaves the optimum
@@ -260,22 +275,23 @@ def _newton_rounds(
     quadratically, to ~1e-10.  The gradient is ``gradient`` (analytic) or central differences
     of ``func``.  Coordinates held at a bound stay there; a step is taken only if it does not
     raise the deviance, unless it promises less than the deviance's rounding noise.  Returns
-    the polished point (or ``x``).
+    the polished point (or ``x``) and the Hessian with its point and coordinates.
     """
     steps = _difference_steps(x, lower, upper, 1e-4)  # near the fourth root of the rounding error
     free = np.isfinite(steps)
     if not free.any() or free.sum() > POLISH_MAX_PARAMS:
-        return x
+        return x, None
     idx = np.flatnonzero(free)
     derivatives = _finite_difference_derivatives if gradient is None else _gradient_derivatives
     grad, H = derivatives(func if gradient is None else gradient, x, free, steps)
+    curvature = Curvature(x.copy(), free, H)
     try:
         factor = la.cho_factor(H)  # computed once: Newton steps with a fixed Hessian converge fast
     except (np.linalg.LinAlgError, ValueError):
-        return x
+        return x, curvature
     for _ in range(POLISH_STEPS):
         if not np.all(np.isfinite(grad)):
-            return x
+            return x, curvature
         step = -la.cho_solve(factor, grad)
         trial = x.copy()
         trial[idx] = np.clip(x[idx] + step, lower[idx], upper[idx])
@@ -285,12 +301,12 @@ def _newton_rounds(
         promised = -0.5 * float(grad @ step)
         in_noise = promised <= 1e-10 * max(1.0, abs(f0))
         if not in_noise and not func(trial) <= f0:
-            return x
+            return x, curvature
         x = trial
         if in_noise or np.max(np.abs(step) / (1.0 + np.abs(x[idx]))) < POLISH_STEP_TOLERANCE:
             break
         grad = _gradient_at(func, gradient, x, free)
-    return x
+    return x, curvature
 
 
 def _snap_to_bounds(func, x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -471,6 +487,7 @@ def minimize_deviance(
         for point in alternatives(counted.best_x):  # a singular optimum: the boundary's other faces
             result = run(np.clip(point, lower, upper))
     theta, f = counted.best_x, counted.best_f
+    curvature = None
     snapped = _snap_to_bounds(counted, theta, lower, upper) if np.isfinite(f) else theta
     if result is None and not np.array_equal(snapped, theta):  # scoring stopped just off a bound
         theta = fisher_scoring(counted, snapped, counted.with_information(snapped), lower, upper, gtol)[2]
@@ -478,7 +495,7 @@ def minimize_deviance(
         # Finish where L-BFGS-B stopped with Newton steps, which converge fast; their last point
         # is the optimum even where its deviance differs from the best one by rounding.
         analytic = (lambda x: counted.with_gradient(x)[1]) if value_and_gradient is not None else None
-        theta = newton_polish(counted, theta, lower, upper, analytic)
+        theta, curvature = newton_polish(counted, theta, lower, upper, analytic)
         f = counted(theta)
     if value_and_gradient is not None:
         grad = counted.with_gradient(theta)[1]
@@ -498,4 +515,5 @@ def minimize_deviance(
         )
     else:
         message = "converged"
-    return OptimumReport(theta, f, converged, message, counted.count, pg, not np.array_equal(theta, start))
+    moved = not np.array_equal(theta, start)
+    return OptimumReport(theta, f, converged, message, counted.count, pg, moved, curvature)

@@ -11,7 +11,8 @@
    ``(theta, beta)`` together, from stage 3 (analytic gradient where available);
 5. the covariance of beta: twice the inverse Hessian of the deviance in ``(theta, beta)``
    (lme4's default for GLMMs), its beta block; theta on a bound is held fixed.  The Hessian
-   is a central difference of the analytic gradient where there is one, else of the deviance.
+   is a central difference of the analytic gradient where there is one, else of the deviance
+   (the one the optimiser's final Newton steps computed, where they ran close enough).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..data.design import Design, build_design
 from ..engine.family import Family
 from ..engine.laplace import GLM, ClusteredLaplace, GLMMData, GLMMOptimum, SparseLaplace
 from ..engine.numdiff import central_hessian, hessian_from_gradient
-from ..engine.optimize import OptimumReport, minimize_deviance
+from ..engine.optimize import Curvature, OptimumReport, minimize_deviance
 from ..engine.stats import Scaling, standardisation
 from ..errors import ConvergenceWarning, DataError, FormulaError, OptionError, SeparationWarning, SingularFitWarning
 from ..results.glmm import GLMMRecord
@@ -116,16 +117,20 @@ def fit_glm(data: GLMMData, iterations: int = 100) -> GLM:
     mu0 = (data.y * data.m + 0.5) / (data.m + 1.0) if fam.name == "binomial" else data.y + 0.1
     eta = fam.link_of(mu0)
     beta = np.linalg.lstsq(X, eta - data.offset, rcond=None)[0]
-    ll = float(np.sum(fam.loglik(data.y, data.offset + X @ beta, data.m)))
+
+    def loglik(b: np.ndarray) -> float:
+        return float(np.sum(data.kernel(data.offset + X @ b))) + data.constant
+
+    ll = loglik(beta)
     converged = False
     for _ in range(iterations):
         eta = data.offset + X @ beta
-        w, s = fam.weight(eta, data.m), fam.score(data.y, eta, data.m)
+        s, w = fam.score_and_weight(data.y, eta, data.m)
         step = np.linalg.lstsq(X * np.sqrt(w)[:, None], s / np.sqrt(w), rcond=None)[0]
         size = 1.0
         for _ in range(30):
             trial = beta + size * step
-            ll_trial = float(np.sum(fam.loglik(data.y, data.offset + X @ trial, data.m)))
+            ll_trial = loglik(trial)
             if ll_trial >= ll - 1e-12 * abs(ll):
                 break
             size *= 0.5
@@ -138,9 +143,9 @@ def fit_glm(data: GLMMData, iterations: int = 100) -> GLM:
 
 
 def has_analytic_gradient(ev, nagq: int) -> bool:
-    """Whether the deviance has an analytic gradient: Laplace with one scalar random effect
-    and a canonical link (not quadrature)."""
-    return nagq == 1 and ev.has_gradient
+    """Whether the Laplace or AGQ deviance has an analytic gradient: one grouping factor with
+    one scalar random effect and a canonical link."""
+    return nagq >= 1 and ev.has_gradient
 
 
 # ---------------------------------------------------------------------------- stage 3: nAGQ = 0
@@ -171,7 +176,7 @@ def optimise_laplace(ev, data: GLMMData, theta0: np.ndarray, beta0: np.ndarray, 
     if has_analytic_gradient(ev, nagq):
 
         def analytic(x: np.ndarray) -> tuple[float, np.ndarray]:
-            value, g_theta, g_beta = ev.laplace_gradient(x[k:], x[:k])
+            value, g_theta, g_beta = ev.deviance_gradient(x[k:], x[:k], nagq)
             return value, np.concatenate([g_theta, g_beta])
 
     lower_all = np.concatenate([lower, np.full(beta0.size, -np.inf)])
@@ -181,17 +186,28 @@ def optimise_laplace(ev, data: GLMMData, theta0: np.ndarray, beta0: np.ndarray, 
     )
 
 
-def deviance_hessian(ev, x: np.ndarray, k: int, nagq: int, lower: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Central-difference Hessian of the deviance in ``(theta, beta)``, theta on a bound left out."""
+#: The Newton polish's Hessian serves for the standard errors if it was computed this close
+#: to the optimum (relative to 1 + |x|): its error is then ~1e-4 of the third derivatives'.
+CURVATURE_REUSE = 1e-4
+
+
+def deviance_hessian(
+    ev, x: np.ndarray, k: int, nagq: int, lower: np.ndarray, curvature: Curvature | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference Hessian of the deviance in ``(theta, beta)``, theta on a bound left out;
+    the optimiser's own ``curvature`` where it covers the same coordinates close to ``x``."""
     free = np.ones(x.size, dtype=bool)
     free[:k] = x[:k] > lower + 1e-4
+    if curvature is not None and np.array_equal(curvature.free, free):
+        if np.max(np.abs(curvature.point - x) / (1.0 + np.abs(x))) < CURVATURE_REUSE:
+            return curvature.hessian, free
     steps = 1e-4 * np.maximum(np.abs(x), 1.0)
 
     def deviance(point: np.ndarray) -> float:
         return ev.deviance(point[k:], point[:k], nagq)
 
     def gradient(point: np.ndarray) -> np.ndarray:
-        _, g_theta, g_beta = ev.laplace_gradient(point[k:], point[:k])
+        _, g_theta, g_beta = ev.deviance_gradient(point[k:], point[:k], nagq)
         return np.concatenate([g_theta, g_beta])
 
     if has_analytic_gradient(ev, nagq):
@@ -210,8 +226,8 @@ def fit_glmm_design(design: Design, family: Family, nagq: int) -> tuple[GLMMOpti
     glm = fit_glm(data)
     ev = evaluator(data)
     lower = np.concatenate([layout.lower_bounds() for layout in data.layouts])
-    if nagq == 1 and ev.has_gradient:
-        # with the analytic gradient the Laplace stage needs no better start than the GLM
+    if has_analytic_gradient(ev, nagq):
+        # with the analytic gradient the Laplace/AGQ stage needs no better start than the GLM
         # (it took as many steps from here as from the nAGQ = 0 optimum, which cost as many again)
         theta, beta = np.concatenate([layout.start() for layout in data.layouts]), glm.beta
     else:
@@ -226,7 +242,7 @@ def fit_glmm_design(design: Design, family: Family, nagq: int) -> tuple[GLMMOpti
     if nagq == 0:
         H, free = deviance_hessian(ev, x, k, 1, np.full(k, np.inf))  # beta's block only, at fixed theta
     else:
-        H, free = deviance_hessian(ev, x, k, nagq, lower)
+        H, free = deviance_hessian(ev, x, k, nagq, lower, report.curvature)
     mode = ev.mode(beta, theta)
     deviance = mode.laplace if nagq <= 1 else ev.quadrature(beta, theta, mode, nagq)
     optimum = GLMMOptimum(theta, beta, deviance, nagq, report, H, free, mode, glm, ev.iterations)

@@ -108,6 +108,38 @@ def test_laplace_gradient_matches_finite_differences():
     assert g_theta[0] == pytest.approx(numeric_theta, rel=1e-5)
 
 
+@pytest.mark.parametrize("nodes", [3, 7])
+def test_quadrature_gradient_matches_finite_differences(nodes):
+    fit = mixedfx.fit("use ~ age + urban + (1 | district)", mixedfx.datasets.load("contraception"), family="binomial")
+    ev = ClusteredLaplace(fit.record.data)
+    beta, theta = fit.record.optimum.beta + 0.05, fit.theta * 1.3
+    value, g_theta, g_beta = ev.quadrature_gradient(beta, theta, nodes)
+    assert value == pytest.approx(ev.deviance(beta, theta, nodes), abs=1e-9)
+    h = 1e-6
+    numeric = [
+        (ev.deviance(beta + h * e, theta, nodes) - ev.deviance(beta - h * e, theta, nodes)) / (2 * h)
+        for e in np.eye(beta.size)
+    ]
+    np.testing.assert_allclose(g_beta, numeric, rtol=1e-5, atol=1e-6)
+    numeric_theta = (ev.deviance(beta, theta + h, nodes) - ev.deviance(beta, theta - h, nodes)) / (2 * h)
+    assert g_theta[0] == pytest.approx(numeric_theta, rel=1e-5)
+
+
+def test_poisson_quadrature_gradient_matches_finite_differences():
+    ref = load_reference("poisson_exposure_agq7")
+    fit = mixedfx.fit(ref["formula"], reference_data(ref), family="poisson", nagq=7)
+    ev = ClusteredLaplace(fit.record.data)
+    beta, theta = fit.record.optimum.beta - 0.03, fit.theta * 0.8
+    _, g_theta, g_beta = ev.quadrature_gradient(beta, theta, 7)
+    h = 1e-6
+    numeric = [
+        (ev.deviance(beta + h * e, theta, 7) - ev.deviance(beta - h * e, theta, 7)) / (2 * h) for e in np.eye(beta.size)
+    ]
+    np.testing.assert_allclose(g_beta, numeric, rtol=1e-5, atol=1e-6)
+    numeric_theta = (ev.deviance(beta, theta + h, 7) - ev.deviance(beta, theta - h, 7)) / (2 * h)
+    assert g_theta[0] == pytest.approx(numeric_theta, rel=1e-5)
+
+
 def test_stata_melogit_defaults_to_seven_points():
     data = mixedfx.datasets.load("contraception")
     fit = mixedfx.melogit("use age urban livch || district:", data)
