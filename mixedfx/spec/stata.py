@@ -18,6 +18,7 @@ Stata estimates by ML unless ``reml`` is given; so does this front end.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 
 from ..errors import FormulaError, OptionError, suggest
@@ -67,9 +68,12 @@ def _translate_term(token: str, levels_of=None) -> str:
     ``ib(last).x`` needs the levels of x: ``levels_of(x)`` returns them (sorted).
     """
     if "##" in token:
-        return "*".join(_translate_term(t, levels_of) for t in token.split("##"))
+        # the full factorial: every interaction of the components (c.x##c.x is x + x^2)
+        parts = token.split("##")
+        terms = ["#".join(c) for r in range(1, len(parts) + 1) for c in itertools.combinations(parts, r)]
+        return " + ".join(dict.fromkeys(_translate_term(t, levels_of) for t in terms))
     if "#" in token:
-        return ":".join(_translate_term(t, levels_of) for t in token.split("#"))
+        return _interaction(token.split("#"), levels_of)
     factor = _FACTOR.match(token)
     if factor:
         base, named, var = factor.groups()
@@ -88,6 +92,21 @@ def _translate_term(token: str, levels_of=None) -> str:
     return token
 
 
+def _interaction(parts: list[str], levels_of=None) -> str:
+    """``a#b#...``: a continuous variable met k times is its k-th power (Stata's ``c.x#c.x``
+    is ``x^2``; formulaic would collapse ``x:x`` to ``x``), a factor met twice is itself."""
+    translated = [_translate_term(t, levels_of) for t in parts]
+    counts: dict[str, int] = {}
+    for term in translated:
+        counts[term] = counts.get(term, 0) + 1
+    out = []
+    for term, count in counts.items():
+        continuous = re.fullmatch(_NAME, term) is not None
+        out.append(f"I({term}^{count})" if continuous and count > 1 else term)
+    return ":".join(out)
+
+
+_POWER = re.compile(rf"^I\(({_NAME})\^(\d+)\)$")
 _TREATMENT = re.compile(rf"^C\(({_NAME})(?:, contr\.treatment\([^()]*\))?\)(.+)$")
 
 
@@ -99,9 +118,11 @@ def stata_coefficient_name(name: str) -> str:
     parts = name.split(":")
     out = []
     for part in parts:
-        match = _TREATMENT.match(part)
+        match, power = _TREATMENT.match(part), _POWER.match(part)
         if match:
             out.append(f"{match.group(2)}.{match.group(1)}")
+        elif power:
+            out.append("#".join([f"c.{power.group(1)}"] * int(power.group(2))))
         else:
             out.append(f"c.{part}" if len(parts) > 1 else part)
     return "#".join(out)

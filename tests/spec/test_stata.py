@@ -20,10 +20,21 @@ def test_lecture_commands_translate():
 
 def test_defaults_and_factor_variables():
     spec = parse_mixed("y i.sex##c.x || school: x || class:, reml level(90)")
-    assert spec["formula"] == "y ~ 1 + C(sex)*x + (1 + x | school) + (1 | class:school)"
+    assert spec["formula"] == "y ~ 1 + C(sex) + x + C(sex):x + (1 + x | school) + (1 | class:school)"
     assert spec["covariance"] == {"school": "independent", "class:school": "identity"}
     assert spec["method"] == "reml" and spec["level"] == pytest.approx(90)
     assert parse_mixed("y x, noconstant || g: x, noconstant")["formula"] == "y ~ 0 + x + (0 + x | g)"
+
+
+def test_a_continuous_variable_interacted_with_itself_is_its_power(sleepstudy):
+    """Stata's c.x#c.x is x squared (formulaic alone would collapse x:x to x)."""
+    assert parse_mixed("y c.x##c.x || g:")["formula"] == "y ~ 1 + x + I(x^2) + (1 | g)"
+    assert parse_mixed("y c.x#c.x#c.x i.a#i.a || g:")["formula"] == "y ~ 1 + I(x^3) + C(a) + (1 | g)"
+    stata = mixedfx.mixed("mixed Reaction c.Days##c.Days || Subject:, reml", sleepstudy)
+    formula = mixedfx.fit("Reaction ~ Days + I(Days^2) + (1 | Subject)", sleepstudy)
+    assert list(stata.fixef.index) == ["(Intercept)", "Days", "c.Days#c.Days"]
+    assert stata.loglik == pytest.approx(formula.loglik, abs=1e-8)
+    np.testing.assert_allclose(stata.fixef.to_numpy()[[1, 2]], formula.fixef.to_numpy()[[1, 2]], rtol=1e-8)
 
 
 def test_stata_fit_matches_formula_fit(sleepstudy):
