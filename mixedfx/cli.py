@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import warnings
@@ -239,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mixedfx: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader (head, less) closed the pipe: nothing is wrong; stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        return 0
     except Exception as exc:  # noqa: BLE001 - the CLI promises no tracebacks (nor library text) without --debug
         if args.debug:
             raise

@@ -121,3 +121,16 @@ def test_glmm_flags_are_checked(extra, match, capsys):
     formula = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
     assert main(["fit", "cbpp", formula, *extra]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_reader_that_closes_the_pipe_is_not_an_error():
+    """``mixedfx fit ... | head -1``: the output's reader leaves early; exit 0, nothing on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mixedfx", "fit", "sleepstudy", "Reaction ~ Days + (Days | Subject)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the fit has printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
