@@ -1,4 +1,5 @@
-"""The documented lecture example runs end to end, and the tracked docs/lecture.md is what it writes."""
+"""The documented examples run end to end, and the tracked docs/lecture.md and docs/binary.md are what
+they write."""
 
 import re
 import runpy
@@ -58,10 +59,31 @@ def test_tracked_lecture_document_is_current(written):
     therefore differ by one unit in its last digit, but anything else means the document is
     stale: rerun ``python examples/lecture.py``.
     """
-    new_numbers, new_words = _numbers_and_words((written / "lecture.md").read_text())
-    old_numbers, old_words = _numbers_and_words(TRACKED.read_text())
-    assert new_words == old_words, "docs/lecture.md is stale: rerun python examples/lecture.py"
+    _assert_same_document((written / "lecture.md").read_text(), TRACKED.read_text(), "lecture")
+
+
+def _assert_same_document(new_text: str, old_text: str, name: str) -> None:
+    new_numbers, new_words = _numbers_and_words(new_text)
+    old_numbers, old_words = _numbers_and_words(old_text)
+    assert new_words == old_words, f"docs/{name}.md is stale: rerun python examples/{name}.py"
     assert len(new_numbers) == len(old_numbers)
     for new, old in zip(new_numbers, old_numbers, strict=True):
         unit = max(_last_digit_unit(new), _last_digit_unit(old))
         assert abs(float(new.replace(",", "")) - float(old.replace(",", ""))) <= 1.01 * unit, (new, old)
+
+
+def test_binary_example_writes_its_document_and_it_is_current(tmp_path):
+    """examples/binary.py (melogit on Contraception) runs clean and docs/binary.md is what it writes."""
+    argv = sys.argv
+    sys.argv = [str(ROOT / "examples" / "binary.py"), str(tmp_path)]
+    try:
+        runpy.run_path(str(ROOT / "examples" / "binary.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    text = (tmp_path / "binary.md").read_text()
+    assert "Mixed-effects logistic regression" in text and "Odds Ratio" in text and "c.age#c.age" in text
+    assert sorted(p.name for p in (tmp_path / "img").glob("binary_*.png")) == [
+        "binary_caterpillar.png",
+        "binary_probability.png",
+    ]
+    _assert_same_document(text, (ROOT / "docs" / "binary.md").read_text(), "binary")
