@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from summary import summarise  # noqa: E402
+from summary import run_in_child, summarise  # noqa: E402
 
 
 def _fit_mixedfx(n_rows: int) -> float:
@@ -63,16 +63,8 @@ def _child(tool: str, n_rows: int, queue: mp.Queue) -> None:
 
 def run_once(tool: str, n_rows: int, timeout: float) -> tuple[float, float, float] | None:
     """(seconds, loglik, peak MB) of one fit in a fresh process, or None on timeout."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(tool, n_rows, queue))
-    proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return None
-    return queue.get() if not queue.empty() else None
+    out = run_in_child(_child, (tool, n_rows), timeout)
+    return None if isinstance(out, str) else out
 
 
 def main() -> None:

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import platform
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from summary import summarise  # noqa: E402
+from summary import has_lme4, machine_line, repeated, run_in_child, summarise  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- cases
@@ -159,16 +157,7 @@ def _child(tool, case, size, queue) -> None:
 
 
 def _run_python(tool: str, case: str, size: int, timeout: float):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(tool, case, size, queue))
-    proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return "timeout"
-    return queue.get() if not queue.empty() else "failed"
+    return run_in_child(_child, (tool, case, size), timeout)
 
 
 R_SCRIPT = r"""
@@ -179,13 +168,6 @@ m <- lmer(as.formula(args[2]), data = d, REML = as.logical(args[3]))
 el <- proc.time()[["elapsed"]] - t0
 cat(sprintf('{"seconds": %.6f, "loglik": %.10f, "mb": %.1f}\n', el, as.numeric(logLik(m)), sum(gc()[, 6])))
 """
-
-
-def _has_lme4() -> bool:
-    if not shutil.which("Rscript"):
-        return False
-    probe = subprocess.run(["Rscript", "-e", "library(lme4)"], capture_output=True)
-    return probe.returncode == 0
 
 
 def _run_r(case: str, size: int, timeout: float, csv_cache: dict):
@@ -227,6 +209,10 @@ def _grouping_columns(formula: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- driver
+def _one_run(tool: str, case: str, size: int, timeout: float, csv_cache: dict):
+    return _run_r(case, size, timeout, csv_cache) if tool == "lme4" else _run_python(tool, case, size, timeout)
+
+
 def _tools(case: str, size: int, args, has_r: bool) -> list[str]:
     tools = ["mixedfx"]
     try:
@@ -255,11 +241,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--statsmodels-max", type=int, default=100_000)
     args = parser.parse_args()
-    has_r = _has_lme4()
-    print(
-        f"machine: {platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()}; "
-        f"lme4 via Rscript: {'yes' if has_r else 'no'}"
-    )
+    has_r = has_lme4()
+    print(machine_line(has_r))
     print(f"{'case':>16} {'tool':>12} {'median s':>9} {'peak MB':>8} {'ratio':>8} {'dloglik':>10}")
     csv_cache: dict = {}
     for case in args.cases:
@@ -267,17 +250,7 @@ def main() -> None:
             label = f"growth {size:.0e}" if case == "growth" else case
             base = None
             for tool in _tools(case, size, args, has_r):
-                runs = []
-                for _ in range(args.repeats):
-                    out = (
-                        _run_r(case, size, args.timeout, csv_cache)
-                        if tool == "lme4"
-                        else _run_python(tool, case, size, args.timeout)
-                    )
-                    if isinstance(out, str):
-                        runs = out
-                        break
-                    runs.append(out)
+                runs = repeated(partial(_one_run, tool, case, size, args.timeout, csv_cache), args.repeats)
                 if isinstance(runs, str):
                     print(f"{label:>16} {tool:>12} {runs:>9}")
                     continue
