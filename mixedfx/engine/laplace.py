@@ -19,7 +19,8 @@ exp(h_i(u_i* + s_i z_k)))``, ``s_i = H_i^{-1/2}``; one node is the Laplace appro
 Two evaluators share this interface: :class:`ClusteredLaplace` for one grouping factor (every
 cluster's ``q x q`` system solved in a batch; one pass over the rows per PIRLS iteration,
 with an analytic gradient for a scalar random effect and a canonical link) and
-:class:`SparseLaplace` for several factors, nested or crossed (one sparse system).  Both keep
+:class:`SparseLaplace` for several factors, nested or crossed (one partitioned system, with an
+analytic gradient when every factor is a scalar random effect and the link canonical).  Both keep
 the last mode and start the next PIRLS from it, so that nearby evaluations (an optimiser's
 steps, finite differences) cost one or two iterations.
 """
@@ -473,6 +474,7 @@ class SparseLaplace:
         self.L1, self.q1 = data.n_levels[0], self.qs[0]
         self.u = np.zeros(self.Q)
         self.iterations = 0
+        self._mode_system: _SchurSystem | None = None  # H at the last mode
 
     # -------------------------------------------------------------- the linear predictor
     def _zl(self, theta: np.ndarray) -> list[np.ndarray]:
@@ -594,6 +596,7 @@ class SparseLaplace:
         self.u = u
         if not converged or system is None:  # after a converged step (< 1e-10) the weights are those of the mode
             system = self._system(ZLs, d.family.weight(eta, d.m))
+        self._mode_system = system  # the system of the last mode (its gradient needs H^-1)
         loglik = float(np.sum(d.kernel(eta))) + d.constant
         return Mode(self.split(u), eta, loglik, float(u @ u), system.log_det, converged)
 
@@ -602,15 +605,86 @@ class SparseLaplace:
             raise ValueError("adaptive quadrature needs one grouping factor with one scalar random effect")
         return self.mode(beta, theta).laplace
 
-    has_gradient = False
+    @cached_property
+    def has_gradient(self) -> bool:
+        """Whether :meth:`laplace_gradient` is analytic: every factor a scalar random effect, a
+        canonical link, and the first factor's cross-tabulation with the others small enough
+        to hold ``(A^-1 B) S^-1`` densely."""
+        return (
+            all(q == 1 for q in self.qs)
+            and self.data.family.canonical
+            and self.L1 * (self.Q - self.sizes[0]) <= DENSE_CROSS_LIMIT
+        )
 
-    def deviance_gradient(self, beta: np.ndarray, theta: np.ndarray, nagq: int = 1) -> None:
-        """No analytic gradient with several factors (finite differences are used)."""
-        return None
+    def deviance_gradient(self, beta: np.ndarray, theta: np.ndarray, nagq: int = 1):
+        """``(D, dD/dtheta, dD/dbeta)`` of the Laplace deviance where :attr:`has_gradient`."""
+        if nagq > 1:
+            raise ValueError("adaptive quadrature needs one grouping factor with one scalar random effect")
+        return self.laplace_gradient(beta, theta)
 
-    def laplace_gradient(self, beta: np.ndarray, theta: np.ndarray) -> None:
-        """No analytic gradient with several factors (the optimiser differentiates numerically)."""
-        return None
+    def laplace_gradient(self, beta: np.ndarray, theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """``(D, dD/dtheta, dD/dbeta)`` of the Laplace deviance, analytically (None unless
+        :attr:`has_gradient`).
+
+        With ``M = Z Lambda`` (row ``j``: ``m_jk = lambda_k z_jk`` at level ``c_k(j)`` of factor
+        ``k``) and ``H = M'WM + I``, the envelope theorem leaves
+        ``dD = -2 s' d eta|_u + tr(H^-1 dH)``, where
+        ``tr(H^-1 M' diag(v) M) = sum_j v_j h_j`` (``h_j = m_j' H^-1 m_j``) and, for
+        ``lambda_k``, ``2 tr(H^-1 M'W dM) = 2 sum_j w_j z_jk (H^-1 m_j)_{k, c_k(j)}``.  The weights
+        move with the total ``d eta = d eta|_u + M du``, ``H du = (dM)'s - M'W d eta|_u``
+        (stationarity of the mode; observed information = IRLS weight).  The entries of
+        ``H^-1`` at each row's levels come from the Schur system: ``A^-1 + diag((A^-1B) S^-1
+        (A^-1B)')``, ``-(A^-1 B) S^-1`` and ``S^-1``.
+        """
+        if not self.has_gradient:
+            return None
+        d = self.data
+        mode = self.mode(beta, theta)
+        system = self._mode_system
+        ZLs = self._zl(theta)
+        zs = [Z[:, 0] for Z in d.Zs]
+        eta = mode.eta
+        s, w, dw = d.family.score_weight_derivative(d.y, eta, d.m)
+        P = self._inverse_at_rows(system)  # (n, K, K): H^-1 at each row's levels
+        M_rows = np.column_stack([ZL[:, 0] for ZL in ZLs])  # (n, K): m_jk
+        R = np.einsum("jkl,jl->jk", P, M_rows)  # (H^-1 m_j)_{k, c_k(j)}
+        h = np.sum(M_rows * R, axis=1)
+        # partial derivatives of eta at fixed u: X for beta, t_k = z_k u_k[c_k] for lambda_k
+        u_parts = mode.u
+        partial = np.column_stack([d.X] + [z * uk[codes, 0] for z, uk, codes in zip(zs, u_parts, d.codes)])
+        p, K = d.X.shape[1], len(zs)
+        rhs = -np.column_stack([self._gradient(ZLs, w * partial[:, i], np.zeros(self.Q)) for i in range(p + K)])
+        for k in range(K):  # (dM/dlambda_k)' s: factor k's level sums of s z_k
+            start = sum(self.sizes[:k])
+            rhs[start : start + self.sizes[k], p + k] += np.bincount(
+                d.codes[k], weights=s * zs[k], minlength=d.n_levels[k]
+            )
+        du = system.solve(rhs)  # (Q, p + K)
+        total = partial + np.column_stack([self._random_eta(ZLs, du[:, i]) for i in range(p + K)])
+        curvature = (dw * h) @ total  # sum_j w'_j h_j d eta_j / d phi
+        grad = -2.0 * (s @ partial) + curvature
+        grad[p:] += 2.0 * np.array([float(np.sum(w * zs[k] * R[:, k])) for k in range(K)])
+        # theta -> lambda: a scalar factor is theta itself
+        return mode.laplace, grad[p:], grad[:p]
+
+    def _inverse_at_rows(self, system: _SchurSystem) -> np.ndarray:
+        """``(H^-1)[(k, c_k(j)), (l, c_l(j))]`` for every row ``j``: (n, K, K)."""
+        d = self.data
+        K = len(d.codes)
+        S_inverse = la.cho_solve(system.S, np.eye(system.S[0].shape[0]))
+        AinvB = system.AinvB.toarray() if sp.issparse(system.AinvB) else np.asarray(system.AinvB)
+        cross = AinvB @ S_inverse  # (A^-1 B) S^-1: (L1, R)
+        first = system.A_inverse[:, 0, 0] + np.sum(cross * AinvB, axis=1)
+        offsets = np.cumsum([0] + list(d.n_levels[1:]))
+        columns = [None] + [offsets[k - 1] + d.codes[k] for k in range(1, K)]  # dense-part index per row
+        P = np.empty((self.n, K, K))
+        c1 = d.codes[0]
+        P[:, 0, 0] = first[c1]
+        for k in range(1, K):
+            P[:, 0, k] = P[:, k, 0] = -cross[c1, columns[k]]
+            for other in range(1, k + 1):
+                P[:, k, other] = P[:, other, k] = S_inverse[columns[k], columns[other]]
+        return P
 
     def conditional_variances(self, beta: np.ndarray, theta: np.ndarray) -> list[np.ndarray]:
         """Diagonal blocks of ``H^{-1}`` per factor and level: (L, q, q) per factor."""

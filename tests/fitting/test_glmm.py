@@ -16,7 +16,7 @@ import pytest
 
 import mixedfx
 from conftest import glmm_reference_names, load_reference, reference_data
-from mixedfx.engine.laplace import ClusteredLaplace
+from mixedfx.engine.laplace import ClusteredLaplace, SparseLaplace
 from mixedfx.engine.numdiff import central_hessian
 from mixedfx.errors import DataError, FormulaError, OptionError
 from mixedfx.fitting.glmm import deviance_hessian
@@ -138,6 +138,43 @@ def test_poisson_quadrature_gradient_matches_finite_differences():
     np.testing.assert_allclose(g_beta, numeric, rtol=1e-5, atol=1e-6)
     numeric_theta = (ev.deviance(beta, theta + h, 7) - ev.deviance(beta, theta - h, 7)) / (2 * h)
     assert g_theta[0] == pytest.approx(numeric_theta, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "dataset, formula, family",
+    [
+        ("verbagg", "r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", "binomial"),
+        ("grouseticks", "TICKS ~ YEAR + cHEIGHT + (1 | INDEX) + (1 | BROOD) + (1 | LOCATION)", "poisson"),
+    ],
+)
+def test_sparse_laplace_gradient_matches_finite_differences(dataset, formula, family):
+    """Crossed and nested scalar factors: the analytic gradient through selected entries of H^-1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = mixedfx.fit(formula, mixedfx.datasets.load(dataset), family=family)
+    ev = SparseLaplace(fit.record.data)
+    assert ev.has_gradient
+    beta, theta = fit.record.optimum.beta + 0.05, fit.theta * 1.2 + 0.05
+    value, g_theta, g_beta = ev.laplace_gradient(beta, theta)
+    assert value == pytest.approx(ev.deviance(beta, theta), abs=1e-9)
+    h = 1e-4  # central differences: error O(h^2) here, PIRLS noise / h below it
+    numeric_beta = [
+        (ev.deviance(beta + h * e, theta) - ev.deviance(beta - h * e, theta)) / (2 * h) for e in np.eye(beta.size)
+    ]
+    numeric_theta = [
+        (ev.deviance(beta, theta + h * e) - ev.deviance(beta, theta - h * e)) / (2 * h) for e in np.eye(theta.size)
+    ]
+    np.testing.assert_allclose(g_beta, numeric_beta, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g_theta, numeric_theta, rtol=1e-6, atol=1e-6)
+
+
+def test_sparse_gradient_is_not_claimed_for_a_random_slope():
+    data = mixedfx.datasets.load("contraception")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = mixedfx.fit("use ~ age + urban + (1 + urban | district) + (1 | livch)", data, family="binomial")
+    ev = SparseLaplace(fit.record.data)
+    assert not ev.has_gradient and ev.laplace_gradient(fit.record.optimum.beta, fit.theta) is None
 
 
 def test_stata_melogit_defaults_to_seven_points():
