@@ -18,8 +18,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 from scipy import stats as st
@@ -216,7 +214,9 @@ def predict(
     ``level``: ``"conditional"`` (at the conditional modes; a level the fit never saw has
     effect 0), ``"fixed"`` (random effects 0) or ``"marginal"`` (averaged over the random
     effects' distribution; response scale only).  Intervals: normal on the link scale from
-    ``x'V x`` (and, conditionally, ``z'Var(b|y)z``), transformed to the response scale.
+    ``x'V x`` (and, conditionally, ``z'Var(b|y)z``), transformed to the response scale; for
+    marginal means by the delta method in beta given the variance components (see
+    :func:`_marginal_interval`; columns ``lower``, ``upper``, ``se`` on the response scale).
     """
     if kind not in KINDS:
         raise OptionError(f"kind must be 'link' or 'response', not {kind!r}.")
@@ -238,7 +238,9 @@ def predict(
         prediction = _marginal_mean(record, eta_fixed, marginal_var)
         out = pd.DataFrame({"prediction": prediction}, index=index)
         if interval:
-            warnings.warn("Intervals of marginal means are not computed; only the estimate is given.", stacklevel=2)
+            out["lower"], out["upper"], out["se"] = _marginal_interval(
+                record, X, eta_fixed, marginal_var, prediction, ci_level
+            )
         return _undefined(out, defined)
     eta = eta_fixed + (random_part if level == "conditional" else 0.0)
     se = np.sqrt(var_fixed + (var_random if level == "conditional" else 0.0))
@@ -289,6 +291,27 @@ def _codes_or_unseen(block: ReBlock, data: pd.DataFrame) -> np.ndarray:
     if not all(name in data.columns for name in block.factor):
         return np.full(len(data), -1)
     return _new_codes(block, data)
+
+
+def _marginal_interval(
+    record: GLMMRecord, X: np.ndarray, eta: np.ndarray, variance: np.ndarray, mean: np.ndarray, ci_level: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Delta-method interval of the marginal mean ``m(beta) = E[g^-1(x'beta + sqrt(v) z)]``, given
+    the estimated variance components: ``dm/dbeta = E[dmu/deta] x``, ``se = sqrt(d'V d)``,
+    normal on the logit (binomial) or log (Poisson) of ``m`` so that it stays in range."""
+    nodes, log_w = gauss_hermite(MARGINAL_NODES)
+    weights = np.exp(log_w - 0.5 * nodes**2) / np.sqrt(2 * np.pi)
+    sd = np.sqrt(variance)
+    slope = sum(w * np.exp(record.family.log_mu_eta(eta + sd * z)) for z, w in zip(nodes, weights))
+    gradient = slope[:, None] * X
+    se = np.sqrt(np.einsum("ij,jk,ik->i", gradient, record.vcov.to_numpy(), gradient))
+    q = two_sided_quantile(ci_level)
+    if record.family.name == "binomial":
+        centre, scale = np.log(mean) - np.log1p(-mean), se / (mean * (1.0 - mean))
+        lower, upper = centre - q * scale, centre + q * scale
+        return 1.0 / (1.0 + np.exp(-lower)), 1.0 / (1.0 + np.exp(-upper)), se
+    centre, scale = np.log(mean), se / mean
+    return np.exp(centre - q * scale), np.exp(centre + q * scale), se
 
 
 def _marginal_mean(record: GLMMRecord, eta: np.ndarray, variance: np.ndarray) -> np.ndarray:

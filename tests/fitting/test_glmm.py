@@ -16,6 +16,7 @@ import pytest
 
 import mixedfx
 from conftest import glmm_reference_names, load_reference, reference_data
+from mixedfx.analysis.glmm import _marginal_mean
 from mixedfx.engine.laplace import ClusteredLaplace, SparseLaplace
 from mixedfx.engine.numdiff import central_hessian
 from mixedfx.errors import DataError, FormulaError, OptionError
@@ -362,3 +363,30 @@ def test_wald_intervals_cover_the_truth_in_simulation():
     coverage = covered / reps
     assert np.all((coverage >= 0.91) & (coverage <= 0.985)), coverage
     assert abs(np.mean(variances) / var_u - 1.0) < 0.15, np.mean(variances)
+
+
+@pytest.mark.parametrize("family, formula", [("binomial", "use ~ age + urban + (1 | district)"), ("poisson", None)])
+def test_marginal_mean_intervals_are_the_delta_method_in_beta(family, formula):
+    """se of E[g^-1(x'b + sqrt(v) z)] equals central differences of it in b through vcov; the
+    interval (on the logit/log of the mean) contains the mean and stays in range."""
+    if family == "binomial":
+        fit = mixedfx.fit(formula, mixedfx.datasets.load("contraception"), family=family)
+    else:
+        ref = load_reference("poisson_exposure_laplace")
+        fit = mixedfx.fit(ref["formula"], reference_data(ref), family=family)
+    rec = fit.record
+    out = fit.predict(kind="response", level="marginal", interval=True)
+    X, offset = rec.design.X, np.zeros(rec.nobs) if rec.design.offset is None else rec.design.offset
+    v = np.full(rec.nobs, float(next(iter(rec.G.values())).iloc[0, 0]))
+    b, h = rec.fixef.to_numpy(), 1e-6
+    J = np.column_stack(
+        [
+            (_marginal_mean(rec, offset + X @ (b + h * e), v) - _marginal_mean(rec, offset + X @ (b - h * e), v))
+            / (2 * h)
+            for e in np.eye(b.size)
+        ]
+    )
+    se = np.sqrt(np.einsum("ij,jk,ik->i", J, rec.vcov.to_numpy(), J))
+    np.testing.assert_allclose(out["se"].to_numpy(), se, rtol=1e-6)
+    assert ((out["lower"] < out["prediction"]) & (out["prediction"] < out["upper"])).all()
+    assert (out["lower"] > 0).all() and (family == "poisson" or (out["upper"] < 1).all())
