@@ -60,6 +60,7 @@ def reference_data(ref: dict) -> pd.DataFrame:
         "grouseticks.csv": datasets.load_grouseticks,
         "contraception.csv": datasets.load_contraception,
         "poisson_exposure.csv": lambda: pd.read_csv(REFERENCE_DIR / "poisson_exposure.csv", dtype={"g": str}),
+        "bacteria.csv": lambda: pd.read_csv(REFERENCE_DIR / "bacteria.csv"),
     }
     return loaders[ref["data"]]()
 

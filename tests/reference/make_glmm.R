@@ -57,3 +57,9 @@ save_fit("contraception_slope_laplace", use ~ age + urban + livch + (1 + urban |
          Contraception, "contraception.csv")
 save_fit("poisson_exposure_laplace", y ~ x + offset(log(exposure)) + (1 | g), poisson, pois, "poisson_exposure.csv")
 save_fit("poisson_exposure_agq7", y ~ x + offset(log(exposure)) + (1 | g), poisson, pois, "poisson_exposure.csv", 7)
+# MASS's bacteria (H. influenzae in 50 children, weeks 0-11): a binary response with a logical term.
+data(bacteria, package = "MASS")
+write.csv(bacteria, "bacteria.csv", row.names = FALSE)
+bact <- read.csv("bacteria.csv", stringsAsFactors = TRUE)
+save_fit("bacteria_laplace", y ~ ap + hilo + I(week > 2) + (1 | ID), binomial, bact, "bacteria.csv")
+save_fit("bacteria_agq7", y ~ ap + hilo + I(week > 2) + (1 | ID), binomial, bact, "bacteria.csv", 7)
