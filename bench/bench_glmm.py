@@ -2,6 +2,7 @@
 
     python bench/bench_glmm.py [--cases cbpp verbagg grouseticks contraception-agq7
                                 bernoulli-laplace bernoulli-agq7] [--repeats 3] [--timeout 600]
+                               [--tools mixedfx mixedlm lme4 statsmodels]
 
 Peers, each in a fresh process with the data made before the clock starts: R's lme4 ``glmer``
 through ``Rscript`` (when R and lme4 are installed), the PyPI package ``mixedlm`` (lme4's
@@ -217,6 +218,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--tools", nargs="+", help="only these of mixedfx, mixedlm, lme4, statsmodels")
     args = parser.parse_args()
     has_r = has_lme4()
     print(machine_line(has_r))
@@ -224,7 +226,7 @@ def main() -> None:
     csv_cache: dict = {}
     for case in args.cases:
         base = None
-        for tool in _tools(case, has_r):
+        for tool in [t for t in _tools(case, has_r) if args.tools is None or t in args.tools]:
             runs = repeated(partial(_one_run, tool, case, args.timeout, csv_cache), args.repeats)
             if isinstance(runs, str):
                 print(f"{case:>20} {tool:>12} {runs:>9}")
