@@ -20,6 +20,7 @@ from mixedfx.analysis.glmm import _marginal_mean
 from mixedfx.engine.laplace import ClusteredLaplace, SparseLaplace
 from mixedfx.engine.numdiff import central_hessian
 from mixedfx.errors import DataError, FormulaError, OptionError
+from mixedfx.fitting import glmm as glmm_fitting
 from mixedfx.fitting.glmm import deviance_hessian
 
 
@@ -390,3 +391,33 @@ def test_marginal_mean_intervals_are_the_delta_method_in_beta(family, formula):
     np.testing.assert_allclose(out["se"].to_numpy(), se, rtol=1e-6)
     assert ((out["lower"] < out["prediction"]) & (out["prediction"] < out["upper"])).all()
     assert (out["lower"] > 0).all() and (family == "poisson" or (out["upper"] < 1).all())
+
+
+def _crossed_counts(seed: int, sd_b: float, family: str) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 3000
+    a, b, x = rng.integers(0, 300, n), rng.integers(0, 15, n), rng.normal(size=n)
+    eta = -0.3 + 0.5 * x + rng.normal(scale=0.7, size=300)[a] + rng.normal(scale=sd_b, size=15)[b]
+    y = rng.binomial(1, 1 / (1 + np.exp(-eta))) if family == "bernoulli" else rng.poisson(np.exp(eta))
+    return pd.DataFrame({"y": y, "x": x, "a": a.astype(str), "b": b.astype(str)})
+
+
+@pytest.mark.parametrize(
+    "seed, sd_b, family, formula",
+    [
+        (0, 0.4, "poisson", "y ~ x + (1 | a) + (1 | b)"),
+        (3, 0.0, "bernoulli", "y ~ x + (1 | b/a)"),  # finite differences stop at var(b) = 0 here
+        (1, 0.0, "poisson", "y ~ x + (1 | a) + (1 | b)"),
+    ],
+)
+def test_sparse_analytic_gradient_fit_is_at_least_as_good_as_finite_differences(
+    seed, sd_b, family, formula, monkeypatch
+):
+    data = _crossed_counts(seed, sd_b, family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analytic = mixedfx.fit(formula, data, family=family)
+        monkeypatch.setattr(glmm_fitting, "has_analytic_gradient", lambda ev, nagq: False)
+        numeric = mixedfx.fit(formula, data, family=family)
+    assert analytic.loglik >= numeric.loglik - 1e-8
+    assert analytic.converged
