@@ -125,6 +125,11 @@ class ProfiledDeviance:
         self.offset = 0.0  # added to every deviance: sum log|R_i| of whitened R-side models
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
 
+    @property
+    def n_likelihood(self) -> float:
+        """The number of observations that multiplies ``log sigma^2`` in the ML deviance (n here)."""
+        return float(self.stats.n)
+
     # ------------------------------------------------------------------ parameters
     def claim_statistics(self) -> None:
         """Transform the (possibly shared) statistics in place to this deviance's columns, if they are not.

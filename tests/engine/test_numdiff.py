@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixedfx.engine.numdiff import central_hessian, hessian_from_gradient, numerical_gradient
+from mixedfx.engine.numdiff import central_hessian, hessian_from_gradient, numerical_gradient, richardson_jacobian
 
 
 def _f(x: np.ndarray) -> float:
@@ -54,3 +54,15 @@ def test_numerical_gradient_is_one_sided_at_a_bound():
     lower, upper = np.array([0.3, -5.0, -5.0]), np.full(3, 5.0)
     g = numerical_gradient(_f, X, lower, upper)
     np.testing.assert_allclose(g, _grad(X), rtol=1e-5)
+
+
+def test_richardson_jacobian_is_exact_to_fourth_order():
+    def from_func(x):
+        return np.array([np.sin(x[0]) * x[1], np.exp(x[1]), x[0] ** 3])
+
+    x = np.array([0.4, -0.7])
+    exact = np.array([[np.cos(0.4) * -0.7, np.sin(0.4)], [0.0, np.exp(-0.7)], [3 * 0.4**2, 0.0]])
+    got = richardson_jacobian(from_func, x, 1e-2)
+    np.testing.assert_allclose(got, exact, atol=1e-9)
+    only_second = richardson_jacobian(from_func, x, 1e-2, free=np.array([False, True]))
+    np.testing.assert_allclose(only_second[:, 0], exact[:, 1], atol=1e-9)
