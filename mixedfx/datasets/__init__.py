@@ -10,6 +10,8 @@ without network access.
   ``age_c = age - 1``, ``age_sp = max(age_c, 0)`` (spline knot at one year), ``girl``,
   ``age_c_girl`` and ``age_sp_girl``.  Age in years, weight in kg.
 - :func:`load_sleepstudy`, :func:`load_pastes`, :func:`load_penicillin`: lme4's data sets.
+- :func:`load_pisa2000`: Stata's ``pisa2000`` (PISA 2000, 2,069 US students in 148 schools) with
+  the student (``w_fstuwt``) and school (``wnrschbw``) sampling weights.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "load_sleepstudy",
     "load_pastes",
     "load_penicillin",
+    "load_pisa2000",
     "load",
     "NAMES",
 ]
@@ -108,6 +111,15 @@ def load_contraception() -> pd.DataFrame:
     return _read("contraception.csv", dtype={"woman": str, "district": str, "livch": str})
 
 
+def load_pisa2000() -> pd.DataFrame:
+    """PISA 2000, US: ``isei`` (socio-economic index of the parents' occupation), ``female``,
+    ``high_school``/``college`` (parents' education), ``one_for``/``both_for`` (parents foreign-born),
+    ``test_lang`` (tested in the language spoken at home), ``pass_read``, the student weight
+    given the school ``w_fstuwt``, the school weight ``wnrschbw`` and ``id_school``
+    (Rabe-Hesketh & Skrondal 2006, as shipped by Stata and R's svylme)."""
+    return _read("pisa2000.csv", dtype={"id_school": str})
+
+
 NAMES = {
     "exam": load_exam,
     "asian": load_asian,
@@ -118,6 +130,7 @@ NAMES = {
     "verbagg": load_verbagg,
     "grouseticks": load_grouseticks,
     "contraception": load_contraception,
+    "pisa2000": load_pisa2000,
 }
 
 
