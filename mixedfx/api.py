@@ -8,6 +8,7 @@ layers with the record (and the display options a Stata command chose).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .data.reduce.sqlscan import reduce_duckdb
 from .errors import DataError, OptionError
 from .fitting import pipeline
 from .fitting.rside import fit_rside
+from .fitting.survey import fit_pseudo
 from .glmm import GLMMResults, fit_glmm, stata_glmm
 from .present import html, report, serialize, text
 from .results import FitRecord
@@ -388,6 +390,8 @@ def fit(
     family: str | None = None,
     link: str | None = None,
     nagq: int | None = 1,
+    pweights: dict[str, str] | None = None,
+    pwscale: str | None = None,
 ) -> MixedResults | GLMMResults:
     """Fit a linear mixed model by REML (default) or ML, or with ``family`` a generalized one.
 
@@ -431,12 +435,22 @@ def fit(
         bernoulli or poisson, ``link`` logit/probit/cloglog or log, ``nagq`` 1 (Laplace),
         0 (lme4's fast nAGQ = 0) or the points of adaptive quadrature; maximum likelihood
         (``method`` does not apply), rows in memory.
+    pweights, pwscale:
+        sampling weights of a multistage sample, Stata's ``[pw=w1] || school:, pweight(w2)``:
+        ``pweights`` maps ``""`` (the observations: weights given their cluster) and grouping
+        factors (cluster weights, constant within each cluster) to columns; ``pwscale`` scales
+        the lower levels' weights within their clusters (``"size"``, ``"effective"``, ``"gk"``;
+        None keeps them as given).  Pseudo-maximum likelihood (``method="ml"``) with
+        standard errors clustered at the top level (:mod:`mixedfx.engine.pseudo`); nested
+        factors, rows in memory.
     """
     if family is not None:
         _check_glmm_options(engine, residuals, variance, group, start)
         return fit_glmm(formula, data, family, link, nagq, weights, missing, covariance)
     engine = _choose_engine(engine, data)
     spec = model_spec(formula, method, covariance, residuals, variance, group, missing)
+    if pweights is not None or pwscale is not None:
+        return _fit_pseudo(spec, data, engine, weights, pweights, pwscale, start, max_iterations)
     if engine != "memory":
         if not spec.residuals.is_trivial:
             raise OptionError(f"Residual structures need the rows in memory; use engine='memory', not {engine!r}.")
@@ -453,6 +467,22 @@ def fit(
         result = MixedResults(fit_rside(spec, frame, weights, max_iterations))
     else:
         result = MixedResults(pipeline.fit_rows(spec, frame, weights, start, max_iterations))
+    result.source = None if isinstance(data, pd.DataFrame) else Path(data)
+    return result
+
+
+def _fit_pseudo(spec, data, engine, weights, pweights, pwscale, start, max_iterations) -> MixedResults:
+    """A pseudo-likelihood fit with sampling weights (see :func:`fit`), after the option checks."""
+    if pweights is None:
+        raise OptionError("pwscale scales sampling weights: give them with pweights={'': column, group: column}.")
+    if not isinstance(pweights, Mapping):
+        raise OptionError("pweights must map '' (observations) and grouping factors to weight columns.")
+    if weights is not None:
+        raise OptionError("Give either weights (precision weights) or pweights (sampling weights), not both.")
+    if engine != "memory":
+        raise OptionError(f"Sampling weights need the rows in memory; use engine='memory', not {engine!r}.")
+    frame = read_data(data)
+    result = MixedResults(fit_pseudo(spec, frame, pweights, pwscale, start, max_iterations))
     result.source = None if isinstance(data, pd.DataFrame) else Path(data)
     return result
 
@@ -503,6 +533,7 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) 
         covariance=spec["covariance"],
         residuals=spec["residuals"],
         group=spec["group"],
+        **_stata_weights(spec),
         **fit_options,
     )
     result.record.relabel(
@@ -514,6 +545,15 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) 
     result.default_prediction = "population"
     result.stata_command, result.source = command, source
     return result
+
+
+def _stata_weights(spec: dict) -> dict:
+    """``pweights``/``pwscale`` keyword arguments of a parsed command that has sampling weights."""
+    if spec["pweights"] is None:
+        if spec["pwscale"] is not None:
+            raise OptionError("pwscale() scales sampling weights: give them with [pw=var] and pweight(var).")
+        return {}
+    return {"pweights": spec["pweights"], "pwscale": spec["pwscale"]}
 
 
 def melogit(command: str, data: pd.DataFrame | str | Path) -> GLMMResults:

@@ -241,6 +241,7 @@ def kr_df(kr: dict, L: np.ndarray) -> tuple[float, float]:
 # ---------------------------------------------------------------------------- per-coefficient tables
 def coefficient_df(result: FitRecord, method: str) -> tuple[pd.Series, pd.DataFrame]:
     """Per-coefficient denominator df and the covariance to use (KR: the adjusted one)."""
+    result.require_likelihood("Denominator degrees of freedom (Satterthwaite, Kenward-Roger)")
     if result.rside is not None:
         raise OptionError("Satterthwaite and Kenward-Roger df are not available with a residual structure yet.")
     method = method.lower().replace("-", "").replace("_", "")

@@ -120,6 +120,7 @@ def _profile_fixed(result: FitRecord, level: float) -> list[dict]:
 
 def profile_intervals(result: FitRecord, level: float = 95) -> pd.DataFrame:
     """Profile-likelihood CIs for fixed effects (ML; Wald for REML), SDs, correlations and sigma."""
+    result.require_likelihood("Profile-likelihood intervals")
     _refuse_rside(result, "Profile intervals")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -148,6 +149,7 @@ def bootstrap(
     Columns of the replicates: every fixed effect, then the SD/correlation parameters and
     the residual SD (labels as in ``fit.re_table(scale="sd")``).
     """
+    result.require_likelihood("The parametric bootstrap")
     _refuse_rside(result, "The parametric bootstrap")
     rng = np.random.default_rng(seed)
     labels = varcomp_table(result, level, scale="sd")["parameter"].tolist()

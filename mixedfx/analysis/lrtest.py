@@ -38,6 +38,7 @@ def lr_test_vs_linear(result: FitRecord) -> LRTest:
     With one variance component the null distribution is the 50:50 mixture of chi2(0) and
     chi2(1) (``chibar2(01)``); with more, chi2(k) is conservative (Stata notes this).
     """
+    result.require_likelihood("The LR test against linear regression")
     dev = result.deviance
     zero = np.zeros_like(result.theta_engine)
     rside = result.rside
@@ -115,6 +116,8 @@ def lrtest(restricted: FitRecord, full: FitRecord) -> LRTest:
     fixed effects differ (their restricted likelihoods are not comparable).  When the models
     differ in variance components the chi2 p-value is conservative (boundary).
     """
+    restricted.require_likelihood("A likelihood-ratio test")
+    full.require_likelihood("A likelihood-ratio test")
     a, b = sorted([restricted, full], key=lambda f: f.n_params)
     _same_data(a, b)
     if a.method != b.method:

@@ -159,8 +159,11 @@ def predict(
     se_fixed = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
     prediction = xb.copy()
     extra_var = np.zeros(len(xb))
-    effects = conditional_effects(result)
-    modes, covs = effects.modes, effects.conditional
+    if kind == "subject":
+        effects = conditional_effects(result)
+        modes, covs = effects.modes, effects.conditional
+    else:  # the population prediction needs no BLUPs
+        modes = covs = [None] * len(design.blocks)
     for block, Z, code, mode, cov in zip(design.blocks, Zs, codes, modes, covs):
         G = result.G[block.name].to_numpy()
         unseen = code < 0

@@ -19,6 +19,11 @@ def robust_vcov(result: FitRecord, group: str | None = None, small_sample: bool 
     ``C / (C - 1)`` for C clusters.
     """
     result.require_rows("The robust (sandwich) covariance")
+    if result.pseudo:  # with sampling weights vcov is already the sandwich, clustered at the top level
+        top = result.design.blocks[result.deviance.weights.order[-1]].name
+        if group not in (None, top):
+            raise OptionError(f"With sampling weights the standard errors are clustered at the top level {top!r}.")
+        return result.vcov.copy()
     if result.rside is not None:
         raise OptionError("Robust standard errors are not available with a residual structure yet.")
     blocks = result.design.blocks

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..data.design import nested_within
 from ..engine.covariance import CovStructure
-from ..engine.numdiff import central_hessian
+from ..engine.numdiff import central_hessian, richardson_jacobian
 from ..errors import OptionError
 from ..results import FitRecord
 from ..spec.options import two_sided_quantile
@@ -156,9 +156,50 @@ def phi_covariance(result: FitRecord) -> tuple[VarianceParameterisation, np.ndar
     return result.cache["phi_covariance"]
 
 
+#: Step (on the log-SD / atanh scale) of the Richardson differences of the clusters' scores.
+SCORE_STEP = 1e-3
+
+
+def pseudo_phi_covariance(result: FitRecord, param: VarianceParameterisation, free: np.ndarray) -> np.ndarray:
+    """Sandwich covariance of phi for a fit with sampling weights, clustered at the top level.
+
+    ``m/(m-1) H^{-1} (sum_k s_k s_k') H^{-1}`` with ``s_k`` the derivatives in phi of top
+    cluster k's term of the log pseudo-likelihood (beta held at its estimate) and ``H`` the
+    phi block of the log pseudo-likelihood's Hessian: the variance block of the
+    block-diagonal sandwich whose fixed-effects block is Stata's.  NaN where H is singular.
+    """
+    deviance = result.deviance
+    beta = result.light.beta
+
+    def contributions(phi: np.ndarray) -> np.ndarray:
+        theta, sigma = param.theta_sigma(phi)
+        return deviance.cluster_loglik(theta, beta, res_engine_sigma2(result, sigma))
+
+    scores = richardson_jacobian(contributions, param.phi_hat, SCORE_STEP, free)
+    H = richardson_jacobian(
+        lambda phi: richardson_jacobian(contributions, phi, SCORE_STEP, free).sum(axis=0),
+        param.phi_hat,
+        SCORE_STEP,
+        free,
+    )
+    m = deviance.n_top_clusters
+    cov = np.full((free.size, free.size), np.nan)
+    try:
+        bread = np.linalg.inv(-0.5 * (H + H.T))
+    except np.linalg.LinAlgError:
+        return cov
+    sandwich = (m / (m - 1)) * bread @ (scores.T @ scores) @ bread
+    if np.all(np.diag(sandwich) > 0):
+        cov[np.ix_(free, free)] = sandwich
+    return cov
+
+
 def _phi_covariance(result: FitRecord) -> tuple[VarianceParameterisation, np.ndarray]:
     param = VarianceParameterisation(result)
     boundary = _boundary_flags(result, param)
+    if result.pseudo:
+        param.r_cov = np.zeros((0, 0))
+        return param, pseudo_phi_covariance(result, param, ~boundary)
     rside = result.rside
     n_phi = param.phi_hat.size
     if rside is None:

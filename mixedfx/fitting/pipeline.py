@@ -268,6 +268,7 @@ def refit(
 
     Used by parametric-bootstrap replicates and profile intervals; no warnings.
     """
+    record.require_likelihood("A refit")
     design = record.design
     if y is not None:
         design = dataclasses.replace(design, y=y)

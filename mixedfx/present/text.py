@@ -100,7 +100,9 @@ def _header(result: FitRecord, level: float, digits: int = 7) -> list[str]:
     elif not blocks and rside is not None:
         left.append(f"Group variable: {rside.cluster}")
         right.append(("Number of groups", f"{rside.model.n_clusters:,}"))
-    like = "Log restricted-likelihood" if result.reml else "Log likelihood"
+    like = (
+        "Log restricted-likelihood" if result.reml else ("Log pseudolikelihood" if result.pseudo else "Log likelihood")
+    )
     wald = [
         ("", ""),
         (f"Wald chi2({df})", f"{chi2:.2f}" if np.isfinite(chi2) else "."),
@@ -124,6 +126,9 @@ def _header(result: FitRecord, level: float, digits: int = 7) -> list[str]:
         lines.append(f"{text:<48}{label:<17} = {value:>10}" if label else text)
     if result.n_missing:
         lines.append(f"({result.n_missing:,} observation(s) with missing values dropped)")
+    if result.pseudo:
+        top = result.design.blocks[result.deviance.weights.order[-1]]
+        lines.append(f"{'(Std. err. adjusted for ' + f'{top.n_levels:,} clusters in {top.name})':>80}")
     return lines
 
 
@@ -142,7 +147,7 @@ def _fixed_table(
     pct = f"{confidence_level(level) * 100:g}%"
     stat = "t" if dfmethod else "z"
     df_head = "        df" if dfmethod else ""
-    se_head = "Robust SE" if vce == "robust" else "Std. Err."
+    se_head = "Robust SE" if vce == "robust" or result.pseudo else "Std. Err."
     rule = "-" * (width + 1) + "+" + "-" * (66 + len(df_head))
     lines = ["-" * len(rule)]
     lines.append(
@@ -177,7 +182,8 @@ def _random_table(result: FitRecord, level: float, scale: str, digits: int = 7) 
     rule = "-" * (width + 1) + "+" + "-" * 50
     lines = [
         "-" * len(rule),
-        f"{'Random-effects Parameters':^{width}} |   Estimate  Std. Err.     [{pct} Conf. Interval]",
+        f"{'Random-effects Parameters':^{width}} |   Estimate  {'Robust SE' if result.pseudo else 'Std. Err.'}"
+        f"     [{pct} Conf. Interval]",
         rule,
     ]
     current = None
@@ -223,11 +229,14 @@ def summary_text(
     lines += _fixed_table(result, level, dfmethod, vce, digits)
     lines.append("")
     lines += _random_table(result, level, scale, digits)
-    lr = lr_test_vs_linear(result)
-    lines.append(lr.describe())
-    if lr.kind == "chi2":
-        lines.append("")
-        lines.append("Note: LR test is conservative and provided only for reference.")
+    if result.pseudo:  # as Stata: no likelihood-ratio test for a pseudo-likelihood
+        lines.append("Standard errors: linearisation (sandwich) estimator clustered at the top level.")
+    else:
+        lr = lr_test_vs_linear(result)
+        lines.append(lr.describe())
+        if lr.kind == "chi2":
+            lines.append("")
+            lines.append("Note: LR test is conservative and provided only for reference.")
     if not result.converged:
         lines.append(f"Warning: convergence not achieved ({result.optimum.message}).")
     if result.singular:

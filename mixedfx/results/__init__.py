@@ -19,6 +19,7 @@ import scipy.linalg as la
 from ..data.design import Design
 from ..engine.deviance import ProfiledDeviance, Solution
 from ..engine.optimize import OptimumReport
+from ..engine.pseudo import PseudoLikelihoodDeviance
 from ..engine.rside import RSideModel
 from ..engine.stats import Scaling
 from ..errors import OptionError
@@ -149,7 +150,10 @@ class FitRecord:
         self.sigma = float(np.sqrt(self.light.sigma2 * self.weight_scale) * self.scaling.y_scale)
         names = [self.labels.get(n, n) for n in self.design.fixed_names]
         self.fixef = pd.Series(self.scaling.beta(self.light.beta), index=names, name="estimate")
-        cov_tilde = self.light.sigma2 * inverse_from_lower(self.light.RX)
+        if self.pseudo:  # sampling weights: the linearisation (sandwich) variance, as Stata's mixed
+            cov_tilde = self.deviance.robust_beta_covariance(self.theta_engine)
+        else:
+            cov_tilde = self.light.sigma2 * inverse_from_lower(self.light.RX)
         self.vcov = pd.DataFrame(self.scaling.beta_cov(cov_tilde), index=names, columns=names)
         self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
 
@@ -166,6 +170,20 @@ class FitRecord:
     @property
     def method(self) -> str:
         return "REML" if self.reml else "ML"
+
+    @property
+    def pseudo(self) -> bool:
+        """True for a pseudo-likelihood fit with sampling weights (robust SEs, no likelihood-based inference)."""
+        return isinstance(self.deviance, PseudoLikelihoodDeviance)
+
+    def require_likelihood(self, what: str) -> None:
+        """Raise a clear error when ``what`` needs a true likelihood but the fit used sampling weights."""
+        if self.pseudo:
+            raise OptionError(
+                f"{what} is not available with sampling weights: the fit maximises a pseudo-likelihood, so "
+                "likelihood-ratio tests, likelihood-based intervals and refits do not apply (use the Wald tests "
+                "and robust intervals in the summary)."
+            )
 
     @property
     def formula(self) -> str:
@@ -203,6 +221,11 @@ class FitRecord:
     @cached_property
     def solution(self) -> Solution:
         """The full solution at the optimum (per-cluster factors, for BLUPs and conditional variances)."""
+        if self.pseudo:
+            raise OptionError(
+                "Empirical Bayes predictions (BLUPs) and conditional variances are not available with sampling "
+                "weights yet; fixed-part (population) predictions and the variance components are."
+            )
         return self.deviance.solve(self.theta_engine)
 
     # ------------------------------------------------------------------ likelihood scale
@@ -213,7 +236,7 @@ class FitRecord:
         term ``log|R_X|^2`` also changes by ``2 log|det T|`` under ``X~ = X T``.  (Dividing
         the weights by a constant leaves the deviance unchanged.)
         """
-        n, p = self.nobs, len(self.design.fixed_names)
+        n, p = self.deviance.n_likelihood, len(self.design.fixed_names)
         log_s2 = 2.0 * np.log(self.scaling.y_scale)
         if self.reml:
             return deviance_tilde + (n - p) * log_s2 - 2.0 * self.scaling.log_det_T
@@ -226,12 +249,17 @@ class FitRecord:
 
     @property
     def aic(self) -> float:
-        """Akaike information criterion ``-2 loglik + 2 k`` (on the REML criterion for REML fits)."""
+        """Akaike information criterion ``-2 loglik + 2 k`` (on the REML criterion for REML fits; NaN for a
+        pseudo-likelihood, where it is not defined)."""
+        if self.pseudo:
+            return float("nan")
         return float(-2.0 * self.loglik + 2.0 * self.n_params)
 
     @property
     def bic(self) -> float:
-        """Bayesian information criterion ``-2 loglik + k log(n)``."""
+        """Bayesian information criterion ``-2 loglik + k log(n)`` (NaN for a pseudo-likelihood)."""
+        if self.pseudo:
+            return float("nan")
         return float(-2.0 * self.loglik + np.log(self.nobs) * self.n_params)
 
     @property

@@ -10,7 +10,9 @@ Grammar (a subset of Stata's ``mixed``, enough for the lecture's commands as wri
 - ``re_options``: ``noconstant``, ``covariance(identity|independent|exchangeable|unstructured)``
   (default independent, as Stata);
 - ``options``: ``mle``/``ml``, ``reml``, ``variance``, ``stddev``, ``level(#)``,
-  ``residuals(TYPE[, t(VAR) by(VAR)])`` (with ``|| id:, noconstant`` a marginal model).
+  ``residuals(TYPE[, t(VAR) by(VAR)])`` (with ``|| id:, noconstant`` a marginal model);
+- sampling weights: ``[pw=VAR]`` after the fixed part (observations), ``pweight(VAR)`` at a
+  level, ``pwscale(size|effective|gk)``: weights are variable names, never expressions.
 
 Stata estimates by ML unless ``reml`` is given; so does this front end.
 """
@@ -25,8 +27,8 @@ from ..errors import FormulaError, OptionError, suggest
 from .options import confidence_level
 from .structures import canonical_structure
 
-RE_OPTIONS = {"noconstant", "nocons", "covariance", "cov"}
-GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level", "residuals", "vce", "dfmethod"}
+RE_OPTIONS = {"noconstant", "nocons", "covariance", "cov", "pweight"}
+GLOBAL_OPTIONS = {"mle", "ml", "reml", "variance", "var", "stddev", "level", "residuals", "vce", "dfmethod", "pwscale"}
 #: Options of the generalized commands (melogit, meprobit, mecloglog, mepoisson).
 GLMM_OPTIONS = {"or", "irr", "intpoints", "laplace", "exposure", "offset", "binomial"}
 #: Stata's generalized mixed commands: family and link.
@@ -166,10 +168,39 @@ def parse_range(text: str, n: int) -> slice:
     return slice(start - 1, stop)
 
 
+_WEIGHT = re.compile(r"\[\s*([A-Za-z]+)\s*=\s*([^\]]*)\]")
+
+
+def _weight_clause(body: str) -> tuple[str, str | None]:
+    """``"y x [pw=w1]"`` -> (``"y x"``, ``"w1"``); refuses other weight types and expressions."""
+    match = _WEIGHT.search(body)
+    if match is None:
+        if "[" in body or "]" in body:
+            raise FormulaError(f"Cannot read the weight clause in {body!r}: write it as [pw=varname].")
+        return body, None
+    kind, variable = match.group(1).lower(), match.group(2).strip()
+    if kind not in ("pw", "pweight"):
+        raise OptionError(f"[{kind}=...] weights are not supported by mixed here; use [pw=varname] (sampling weights).")
+    _check_weight_name(variable, "[pw=]")
+    rest = (body[: match.start()] + " " + body[match.end() :]).strip()
+    if "[" in rest or "]" in rest:
+        raise FormulaError("Give one weight clause [pw=varname] in the fixed part.")
+    return rest, variable
+
+
+def _check_weight_name(variable: str | None, where: str) -> str:
+    """A weight must be a variable name (Stata allows expressions; mixedfx evaluates none)."""
+    if not variable or not re.fullmatch(_NAME, variable.strip()):
+        raise OptionError(f"{where} needs a variable name, not {variable!r}: compute the weight as a column first.")
+    return variable.strip()
+
+
 def _level_options(options: list[tuple[str, str | None]], level: str) -> tuple[bool, str]:
     """(has constant, covariance) of one random-effects level; refuses options it does not know."""
     constant, covariance = True, "independent"
     for name, value in options:
+        if name == "pweight":
+            continue  # read by parse_mixed
         if name in ("noconstant", "nocons"):
             constant = False
         elif name in ("covariance", "cov"):
@@ -188,7 +219,8 @@ def parse_mixed(command: str, levels_of=None) -> dict:
 
     ``levels_of(var)`` (the sorted levels of a column) resolves ``ib(last).var``.  The
     result also has ``if`` (a condition, translated by :func:`parse_condition`), ``in``
-    (Stata's row range), ``vce`` and ``dfmethod``.
+    (Stata's row range), ``vce``, ``dfmethod``, ``pweights`` (``{"": observation weight, group: weight}``)
+    and ``pwscale``.
     """
     text = " ".join(command.split())
     command_name = text.split(" ", 1)[0]
@@ -198,6 +230,7 @@ def parse_mixed(command: str, levels_of=None) -> dict:
     allowed = GLOBAL_OPTIONS | (GLMM_OPTIONS if family else set())
     segments = [seg.strip() for seg in text.split("||")]
     fixed_body, fixed_opts = _split_options(segments[0])
+    fixed_body, observation_weight = _weight_clause(fixed_body)
     fixed_body, condition, rows = _qualifiers(fixed_body)
     tokens = fixed_body.split()
     if not tokens:
@@ -215,6 +248,7 @@ def parse_mixed(command: str, levels_of=None) -> dict:
         else:
             raise OptionError(f"Unknown option {name!r} in the fixed part.{suggest(name, sorted(allowed))}")
     random_terms, covariance, no_effects = [], {}, None
+    pweights = {} if observation_weight is None else {"": observation_weight}
     outer: list[str] = []
     for segment in segments[1:]:
         if ":" not in segment:
@@ -231,6 +265,7 @@ def parse_mixed(command: str, levels_of=None) -> dict:
         level_opts = [(n, v) for n, v in options if n in RE_OPTIONS]
         global_opts += [(n, v) for n, v in options if n not in RE_OPTIONS]
         constant, structure = _level_options(level_opts, level)
+        level_weight = [v for n, v in level_opts if n == "pweight"]
         variables = [_translate_term(t, levels_of) for t in body.split()]
         if not variables and not constant:
             if len(segments) == 2:  # Stata: '|| id:, noconstant residuals(...)' is a marginal model
@@ -241,8 +276,10 @@ def parse_mixed(command: str, levels_of=None) -> dict:
         group = ":".join([level] + outer[::-1]) if outer else level
         outer.append(level)
         random_terms.append(f"({expr} | {group})")
+        if level_weight:
+            pweights[group] = _check_weight_name(level_weight[-1], f"pweight() at level {level!r}")
         covariance[group] = structure if len(variables) + constant > 1 else "identity"
-    method, scale, conf, residuals, vce, dfmethod = "ml", "var", 95.0, None, "model", None
+    method, scale, conf, residuals, vce, dfmethod, pwscale = "ml", "var", 95.0, None, "model", None, None
     glmm = {"eform": False, "nagq": None, "offsets": [], "trials": None}
     for name, value in global_opts:
         if family and name in GLMM_OPTIONS:
@@ -268,6 +305,10 @@ def parse_mixed(command: str, levels_of=None) -> dict:
                     f"dfmethod({value}) is not supported: use dfmethod(kroger) or dfmethod(satterthwaite)."
                 )
             dfmethod = key
+        elif name == "pwscale":
+            pwscale = (value or "").strip().lower()
+            if pwscale not in ("size", "effective", "gk"):
+                raise OptionError(f"pwscale({value}) is not supported: use pwscale(size), (effective) or (gk).")
         elif name == "level":
             confidence_level(value)  # refused outside Stata's 10-99.99
             conf = float(value)
@@ -297,6 +338,8 @@ def parse_mixed(command: str, levels_of=None) -> dict:
         "in": rows,
         "vce": vce,
         "dfmethod": dfmethod,
+        "pweights": pweights or None,
+        "pwscale": pwscale,
     }
 
 

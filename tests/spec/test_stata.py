@@ -128,3 +128,34 @@ def test_conditions_cannot_reach_python(exam):
     for condition in ("__import__ == 1", "open(lrt) > 1", "lrt.real > 1"):
         with pytest.raises(FormulaError):
             mixedfx.mixed(f"mixed gcse lrt if {condition} || school:", exam)
+
+
+# ---------------------------------------------------------------------------- sampling weights
+def test_sampling_weights_are_read_from_the_weight_clause_and_the_levels():
+    spec = parse_mixed("mixed y x [pw=w1] || school: || klass:, pweight(w2) pwscale(effective)")
+    assert spec["pweights"] == {"": "w1", "klass:school": "w2"}
+    assert spec["pwscale"] == "effective"
+    assert spec["formula"] == "y ~ 1 + x + (1 | school) + (1 | klass:school)"
+    plain = parse_mixed("mixed y x || g:")
+    assert plain["pweights"] is None and plain["pwscale"] is None
+
+
+def test_the_weight_clause_may_follow_if_and_in():
+    spec = parse_mixed("mixed y x if x > 0 in 1/50 [pweight = w1] || g:, pweight(w2)")
+    assert spec["pweights"] == {"": "w1", "g": "w2"} and spec["in"] == "1/50"
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("mixed y x [fw=f] || g:", r"\[fw=...\] weights are not supported"),
+        ("mixed y x [pw=exp(w)] || g:", "needs a variable name"),
+        ("mixed y x || g:, pweight(__import__('os'))", "needs a variable name"),
+        ("mixed y x [pw=w] || g:, pwscale(huge)", r"pwscale\(huge\) is not supported"),
+        ("mixed y x [pw=w] [pw=v] || g:", "Give one weight clause"),
+        ("mixed y x [pw=w [pw=v]] || g:", "needs a variable name"),
+    ],
+)
+def test_bad_weight_syntax_is_refused(command, message):
+    with pytest.raises((OptionError, FormulaError), match=message):
+        parse_mixed(command)
