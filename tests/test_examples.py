@@ -87,3 +87,17 @@ def test_binary_example_writes_its_document_and_it_is_current(tmp_path):
         "binary_probability.png",
     ]
     _assert_same_document(text, (ROOT / "docs" / "binary.md").read_text(), "binary")
+
+
+def test_survey_example_writes_its_document_and_it_is_current(tmp_path):
+    """examples/survey.py (PISA 2000 with weights at two levels) runs clean and docs/survey.md is what it writes."""
+    argv = sys.argv
+    sys.argv = [str(ROOT / "examples" / "survey.py"), str(tmp_path)]
+    try:
+        runpy.run_path(str(ROOT / "examples" / "survey.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    text = (tmp_path / "survey.md").read_text()
+    assert "Log pseudolikelihood = -1443093.9" in text and "(Std. err. adjusted for 148 clusters in id_school)" in text
+    assert sorted(p.name for p in (tmp_path / "img").glob("survey_*.png")) == ["survey_coefficients.png"]
+    _assert_same_document(text, (ROOT / "docs" / "survey.md").read_text(), "survey")

@@ -31,7 +31,7 @@ def results_dict(result: FitRecord, ranef: bool = False, dfmethod: str | None = 
     the SE used for those t tests (Kenward-Roger adjusts it).
     """
     chi2, df, p = wald_chi2(result)
-    lr = lr_test_vs_linear(result)
+    lr = None if result.pseudo else lr_test_vs_linear(result)  # no LR test for a pseudo-likelihood
     out = {
         "formula": result.formula,
         "offsets": list(result.design.formula.offsets),
@@ -64,7 +64,11 @@ def results_dict(result: FitRecord, ranef: bool = False, dfmethod: str | None = 
             for row in result.varcorr.to_dict(orient="records")
         ],
         "wald_chi2": {"chi2": _clean(chi2), "df": df, "p": _clean(p)},
-        "lr_test_vs_linear": {"statistic": _clean(lr.statistic), "df": lr.df, "p": _clean(lr.pvalue), "kind": lr.kind},
+        "lr_test_vs_linear": None
+        if lr is None
+        else {"statistic": _clean(lr.statistic), "df": lr.df, "p": _clean(lr.pvalue), "kind": lr.kind},
+        "pseudo_likelihood": result.pseudo,
+        "vce": "robust" if result.pseudo else "model",
     }
     table = varcomp_table(result, scale="sd")
     out["random_effects_parameters"] = [
