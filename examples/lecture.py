@@ -26,6 +26,7 @@ import numpy as np
 
 import mixedfx
 from mixedfx import plots
+from mixedfx.present.text import margins_text
 
 #: Significant digits of the printed tables (see the module docstring).
 DIGITS = 5
@@ -219,6 +220,18 @@ def growth(out: Path, img: Path) -> list[str]:
         f"![predicted growth](img/{save(figure, img / 'growth_predicted.png')})",
         "",
     ]
+    ages = list(np.round(np.arange(0.0, 2.51, 0.25), 2))
+    at_ages = fit.margins(at={"age": ages, "girl": [0.0, 1.0]}, derive=mixedfx.datasets.add_spline_terms)
+    marginsplot = plots.marginsplot(at_ages, x="age", by="girl", ylabel="predicted mean weight (kg)")
+    md += [
+        "Predicted mean weight by gender at ages 0 to 2.5 with 95% confidence intervals, Stata "
+        "`margins, at(age=(0(0.25)2.5) girl=(0 1))` and `marginsplot` (the spline terms recomputed from age): "
+        '`fit.margins(at={"age": ages, "girl": [0, 1]}, derive=mixedfx.datasets.add_spline_terms)` and '
+        "`mixedfx.plots.marginsplot(...)`:",
+        "",
+    ]
+    md += block(margins_text(at_ages, digits=DIGITS))
+    md += [f"![margins plot](img/{save(marginsplot, img / 'growth_marginsplot.png')})", ""]
     # Residual correlation that the random intercept does not capture: an exponential (continuous-time
     # AR(1)) structure in age, compared by a likelihood-ratio test (child 4326's duplicated visit dropped).
     visits = asian.drop_duplicates(["id", "age"])

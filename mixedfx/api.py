@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import intervals, marginal, prediction, ranef, ranking, robust, varcomp, wald
+from .analysis import intervals, marginal, margins, prediction, ranef, ranking, robust, varcomp, wald
 from .analysis import lrtest as lrtests
 from .analysis.lrtest import LRTest
 from .data.conditions import evaluate_condition
@@ -248,6 +248,44 @@ class MixedResults:
     def rank(self, term: str = "(Intercept)", group: str | None = None, level: float = 95, **options) -> pd.DataFrame:
         """Clusters ranked by their EB estimate with intervals and above/below-average flags."""
         return ranking.rank(self.record, term, group, level, **options)
+
+    # ------------------------------------------------------------------ margins
+    def margins(
+        self,
+        specs: str | list[str] | None = None,
+        at: dict | None = None,
+        over: str | list[str] | None = None,
+        dydx: str | list[str] | None = None,
+        predict: str | None = None,
+        level: float = 95,
+        derive=None,
+    ) -> margins.Margins:
+        """Predictive margins or average marginal effects with delta-method SEs (Stata ``margins``).
+
+        ``specs`` names factors whose every level is a margin (``margins schgend``), ``at`` sets
+        variables to values (``{"lrt": [-20, 0, 20]}``; lists are crossed), ``over`` computes
+        the margins within subgroups, ``dydx`` gives average marginal effects instead (derivatives,
+        or discrete changes from a factor's base level).  ``predict``: ``"xb"`` (the linear
+        prediction, fixed portion).  ``derive`` recomputes derived columns (splines) after ``at``.
+        """
+        at = margins.with_factor_levels(self.record, specs, at)
+        prediction = margins.prediction_for(self.record, predict)
+        if dydx is not None:
+            return margins.marginal_effects(self.record, dydx, at, over, prediction, level, derive)
+        return margins.predictive_margins(self.record, at, over, prediction, level, derive)
+
+    def emmeans(
+        self, specs: str | list[str], at: dict | None = None, weights: str = "equal", level: float = 95, derive=None
+    ) -> margins.Margins:
+        """Estimated marginal means on emmeans' reference grid (factors' levels, covariates at their means),
+        averaged over the other factors with ``weights="equal"`` or ``"proportional"``."""
+        prediction = margins.prediction_for(self.record, None)
+        return margins.estimated_marginal_means(self.record, specs, at, weights, prediction, level, derive)
+
+    def contrast(self, spec: str, adjust: str = "none", level: float = 95, weights: str = "equal") -> margins.Margins:
+        """Contrasts of a factor's marginal means: ``"r.x"`` each level minus the base, ``"pw.x"`` every pair;
+        ``adjust`` = none, bonferroni, holm or sidak (Stata ``contrast``/``pwcompare``, emmeans ``pairs``)."""
+        return margins.contrast(self.record, spec, adjust, level, None, weights)
 
     # ------------------------------------------------------------------ inference
     def coef_table(self, level: float = 95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:

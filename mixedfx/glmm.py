@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import glmm as inference
+from .analysis import margins
 from .analysis.lrtest import LRTest
 from .data.io import read_data
 from .fitting.glmm import fit_glmm_rows
@@ -123,6 +124,37 @@ class GLMMResults:
     ) -> pd.DataFrame:
         """Predictions: ``kind`` link or response; ``level`` conditional, fixed or marginal."""
         return inference.predict(self.record, newdata, kind, level, interval, ci_level)
+
+    def margins(
+        self,
+        specs: str | list[str] | None = None,
+        at: dict | None = None,
+        over: str | list[str] | None = None,
+        dydx: str | list[str] | None = None,
+        predict: str = "mu",
+        level: float = 95,
+        derive=None,
+    ) -> margins.Margins:
+        """Predictive margins or average marginal effects of ``mu`` (random effects at zero; Stata's
+        ``margins, predict(mu fixedonly)``) or of ``xb``, with delta-method SEs (see ``MixedResults.margins``)."""
+        at = margins.with_factor_levels(self.record, specs, at)
+        prediction = margins.prediction_for(self.record, predict)
+        if dydx is not None:
+            return margins.marginal_effects(self.record, dydx, at, over, prediction, level, derive)
+        return margins.predictive_margins(self.record, at, over, prediction, level, derive)
+
+    def emmeans(
+        self,
+        specs: str | list[str],
+        at: dict | None = None,
+        weights: str = "equal",
+        predict: str = "mu",
+        level: float = 95,
+        derive=None,
+    ) -> margins.Margins:
+        """Estimated marginal means of ``mu`` (emmeans' ``type = "response"``, random effects at zero) or ``xb``."""
+        prediction = margins.prediction_for(self.record, predict)
+        return margins.estimated_marginal_means(self.record, specs, at, weights, prediction, level, derive)
 
     def to_dict(self, ranef: bool = False) -> dict:
         """JSON-ready dictionary (lme4's summary layout)."""

@@ -5,6 +5,7 @@ from .present.plots import (
     caterpillar,
     cluster_ols_lines,
     cluster_scatter,
+    marginsplot,
     mean_curves,
     ols_scatter,
     predicted_curves,
@@ -26,4 +27,5 @@ __all__ = [
     "caterpillar",
     "residual_diagnostics",
     "autocorrelation_plot",
+    "marginsplot",
 ]

@@ -34,7 +34,7 @@ def test_lecture_example_writes_docs(written):
     assert "chibar2(01)" in text and "lie above average" in text
     assert "testparm i.schtype#c.lrt_groupc" in text and "estat icc" in text
     images = sorted(p.name for p in (written / "img").glob("*.png"))
-    assert len(images) == 11
+    assert len(images) == 12
     for name in images:
         assert f"img/{name}" in text
     for report in ["schools_report.html", "growth_report.html"]:

@@ -29,7 +29,7 @@ from ..errors import OptionError
 from ..results.glmm import GLMMRecord
 from ..spec.options import two_sided_quantile
 from .lrtest import LRTest
-from .prediction import _complete_new_rows, _defined_rows, _fixed_matrix, _new_codes, _random_matrix
+from .prediction import _complete_new_rows, _defined_rows, _new_codes, _random_matrix, fixed_matrix
 from .wald import z_columns
 
 #: Nodes of the Gauss-Hermite rule for population-averaged means.
@@ -270,7 +270,7 @@ def _prediction_rows(record: GLMMRecord, newdata: pd.DataFrame | None):
     complete = _complete_new_rows(record, newdata)
     rows = newdata.loc[complete]
     X = np.full((len(newdata), len(design.fixed_names)), np.nan)
-    X[complete] = _fixed_matrix(record, rows)
+    X[complete] = fixed_matrix(record, rows)
     offset = np.zeros(len(newdata))
     if design.formula.offsets:
         from_rows = offset_values(design.formula, rows)

@@ -38,7 +38,7 @@ def _level_kind(level: object) -> str:
     raise OptionError(f"level must be 'population' (xb) or 'subject' (fitted), not {level!r}.")
 
 
-def _fixed_matrix(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
+def fixed_matrix(result: FitRecord, data: pd.DataFrame) -> np.ndarray:
     """Fixed-effects design of new data, in the fitted model's columns."""
     check_new_levels(result.design.fixed_spec, data)
     try:
@@ -143,7 +143,7 @@ def predict(
             )
             out = predict(result, data[complete], level, interval, conf_level, strict)
             return out.reindex(data.index)
-        X = _fixed_matrix(result, data)
+        X = fixed_matrix(result, data)
         Zs = [_random_matrix(b, data) for b in design.blocks]
         offset = offset_values(design.formula, data)
         defined = _defined_rows(result, X, Zs, offset)

@@ -25,9 +25,11 @@ from matplotlib.figure import Figure
 from scipy import stats as st
 
 from ..analysis.explore import ols_by_group
+from ..analysis.margins import Margins
 from ..analysis.prediction import fitted, residuals
 from ..analysis.ranef import ranef
 from ..analysis.ranking import rank, shrinkage
+from ..errors import OptionError
 from ..results import FitRecord
 from ..spec.expressions import quote_name
 
@@ -370,5 +372,51 @@ def autocorrelation_plot(result) -> Figure:
     ax2.set_ylabel("occasion")
     ax2.set_title("Residual correlation between occasions")
     fig.colorbar(image, ax=ax2, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def marginsplot(margins: Margins, x: str | None = None, by: str | None = None, ylabel: str | None = None) -> Figure:
+    """Margins against ``x`` with their confidence intervals, one curve per level of ``by`` (Stata ``marginsplot``).
+
+    ``x`` defaults to the margins' first numeric cell column (else the first), ``by`` to the
+    remaining one; a numeric ``x`` gives lines with shaded intervals, a factor points with
+    error bars.
+    """
+    table = margins.table
+    cells = [c for c in margins.cells if c != "term"]
+    if not cells:
+        raise OptionError("marginsplot needs margins over at least one variable (at=, over=, specs or a factor).")
+    numeric = [c for c in cells if pd.api.types.is_numeric_dtype(table[c])]
+    x = x or (numeric[0] if numeric else cells[0])
+    rest = [c for c in cells if c != x]
+    by = by if by is not None else (rest[0] if rest else None)
+    for name in [x] + ([by] if by else []):
+        if name not in table.columns:
+            raise OptionError(f"marginsplot: {name!r} is not a column of the margins ({', '.join(cells)}).")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    levels = [None] if by is None else list(dict.fromkeys(table[by]))
+    positions = {v: i for i, v in enumerate(dict.fromkeys(table[x]))}
+    continuous = pd.api.types.is_numeric_dtype(table[x])
+    for k, level in enumerate(levels):
+        colour, style, marker = STYLES[k % len(STYLES)]
+        part = table if level is None else table[table[by] == level]
+        label = None if level is None else f"{by} = {level_label(level)}"
+        if continuous:
+            part = part.sort_values(x)
+            ax.plot(part[x], part["estimate"], color=colour, linestyle=style, marker=marker, ms=3, label=label)
+            ax.fill_between(part[x], part["lower"], part["upper"], color=colour, alpha=0.25, linewidth=0)
+        else:
+            shift = 0.1 * (k - (len(levels) - 1) / 2)
+            where = np.array([positions[v] for v in part[x]]) + shift
+            err = np.vstack([part["estimate"] - part["lower"], part["upper"] - part["estimate"]])
+            ax.errorbar(where, part["estimate"], yerr=err, fmt=marker, color=colour, capsize=3, label=label)
+    if not continuous:
+        ax.set_xticks(range(len(positions)), [level_label(v) for v in positions])
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or margins.kind)
+    ax.set_title(f"{margins.kind} with {margins.level:g}% CIs")
+    if by is not None:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

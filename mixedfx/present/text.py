@@ -311,3 +311,44 @@ def matrix_text(title: str, frame, columns_per_panel: int = 6) -> str:
             cells = "".join(stata_number(values[i, j]).rjust(11) for j in range(start, min(stop, i + 1)))
             lines.append(f"{labels[i]:>12} |{cells}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- margins
+_MARGIN_HEADS = {
+    "Predictive margins": "Margin",
+    "Average marginal effects": "dy/dx",
+    "Estimated marginal means": "Mean",
+    "Contrasts": "Contrast",
+    "Pairwise comparisons": "Contrast",
+}
+
+
+def margins_text(margins, digits: int = 7) -> str:
+    """A margins table as Stata's ``margins``/``pwcompare`` prints it: delta-method SEs, z, p and intervals."""
+    digits = display_digits(digits)
+    table = margins.table
+    labels = margins.labels()
+    width = max(12, min(40, max(len(lab) for lab in labels))) if labels else 12
+    pct = f"{confidence_level(margins.level) * 100:g}%"
+    head = _MARGIN_HEADS.get(margins.kind, "Estimate")
+    rule = "-" * (width + 1) + "+" + "-" * 64
+    lines = [
+        f"{margins.kind:<48}Number of obs = {margins.nobs:>10,}",
+        f"Expression: {margins.expression}",
+    ]
+    if margins.adjust != "none":
+        lines.append(f"Multiple comparisons: {margins.adjust.capitalize()} ({len(table)} comparisons)")
+    lines += [
+        "",
+        "-" * len(rule),
+        f"{'':>{width}} |            Delta-method",
+        f"{'':>{width}} | {head:>10}  Std. err.      z    P>|z|     [{pct} conf. interval]",
+        rule,
+    ]
+    for label, (_, row) in zip(labels, table.iterrows()):
+        lines.append(
+            f"{label[:width]:>{width}} | {_cells(row, ['estimate', 'se'], digits)} {row['z']:8.2f}  "
+            f"{_pvalue(row['p'])}    {_cells(row, ['lower', 'upper'], digits, gap='  ')}"
+        )
+    lines.append("-" * len(rule))
+    return "\n".join(lines)
