@@ -287,6 +287,11 @@ class MixedResults:
         ``adjust`` = none, bonferroni, holm or sidak (Stata ``contrast``/``pwcompare``, emmeans ``pairs``)."""
         return margins.contrast(self.record, spec, adjust, level, None, weights)
 
+    def postestimation(self, command: str) -> margins.Margins:
+        """Stata's ``margins``, ``contrast`` or ``pwcompare`` after the fit, e.g.
+        ``fit.postestimation("margins schgend, at(lrt_groupc=(-20 0 20)) pwcompare mcompare(holm)")``."""
+        return margins.stata_postestimation(self.record, command)
+
     # ------------------------------------------------------------------ inference
     def coef_table(self, level: float = 95, dfmethod: str | None = None, vce: str = "model") -> pd.DataFrame:
         """Fixed effects with SE, z (or t with ``dfmethod``), p and CI; ``vce="robust"`` for sandwich SEs."""

@@ -22,7 +22,9 @@ from .api import fit, mixed
 from .data.io import check_output_path, read_data
 from .errors import DataError, MixedFXError, OptionError, suggest
 from .present import text
+from .present.plots import marginsplot
 from .spec.options import confidence_level
+from .spec.stata import parse_postestimation
 
 
 def _load(source: str):
@@ -87,6 +89,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after the fit, as Stata's estat: icc, wcorrelation, recovariance, group, ic (repeatable)",
     )
     stata.add_argument("--cluster", help="with --estat wcorrelation: the cluster to show (default: the first)")
+    stata.add_argument(
+        "--post",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="after the fit, Stata's margins, contrast or pwcompare, e.g. 'margins schgend, pwcompare' (repeatable)",
+    )
+    stata.add_argument("--marginsplot", metavar="PNG", help="draw the last --post margins (Stata's marginsplot) here")
     stata.add_argument("--json", action="store_true", help="print one JSON object instead of the text output")
     stata.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     rep = sub.add_parser("report", help="fit a model and write a self-contained HTML report")
@@ -134,22 +144,35 @@ ESTAT = {
 
 
 def _run_stata(args: argparse.Namespace) -> int:
+    for command in args.post:  # syntax errors before the fit
+        parse_postestimation(command)
     data = _load(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = mixed(args.stata_command, data)
     for w in caught:
         print(f"mixedfx: warning: {one_line(w.message)}", file=sys.stderr)
+    if args.marginsplot:
+        if not args.post:
+            raise OptionError("--marginsplot draws the margins of a --post command; give one.")
+        check_output_path(args.marginsplot, inputs=(args.data,))
+        marginsplot(result.postestimation(args.post[-1])).savefig(args.marginsplot, dpi=100)
     if args.json:
         out = result.to_dict()
         for name in args.estat:
             out.setdefault("estat", {})[name] = ESTAT[name](result, args.cluster)
+        for command in args.post:
+            table = result.postestimation(command).table
+            out.setdefault("post", {})[command] = json.loads(table.to_json(orient="records"))
         print(json.dumps(out, indent=2))
         return 0
     print(result.summary())
     for name in args.estat:
         print(f"\n. estat {name}\n")
         print(ESTAT[name](result, args.cluster))
+    for command in args.post:
+        print(f"\n. {command}\n")
+        print(text.margins_text(result.postestimation(command)))
     return 0
 
 

@@ -156,6 +156,10 @@ class GLMMResults:
         prediction = margins.prediction_for(self.record, predict)
         return margins.estimated_marginal_means(self.record, specs, at, weights, prediction, level, derive)
 
+    def postestimation(self, command: str) -> margins.Margins:
+        """Stata's ``margins``/``contrast``/``pwcompare`` after the fit (``predict(mu)`` by default)."""
+        return margins.stata_postestimation(self.record, command)
+
     def to_dict(self, ranef: bool = False) -> dict:
         """JSON-ready dictionary (lme4's summary layout)."""
         return glmm_text.results_dict(self.record, ranef=ranef)

@@ -36,6 +36,7 @@ from scipy import stats as st
 from ..data.columns import offset_values, required_variables
 from ..errors import OptionError, suggest
 from ..spec.options import confidence_level
+from ..spec.stata import parse_postestimation
 from .prediction import fixed_matrix
 
 #: Rows per chunk when a margin's Jacobian is summed over the data.
@@ -73,18 +74,24 @@ class Margins:
     def __repr__(self) -> str:
         return f"{self.kind} ({self.expression})\n{self.table.to_string()}"
 
-    def pairwise(self, adjust: str = "none") -> Margins:
-        """Every pairwise difference ``m_a - m_b`` (a before b, emmeans' order), adjusted for multiplicity."""
+    def pairwise(self, adjust: str = "none", order: str = "emmeans") -> Margins:
+        """Every pairwise difference, adjusted for multiplicity: ``m_a - m_b`` for a before b (emmeans'
+        ``pairs``), or with ``order="stata"`` ``m_b - m_a`` labelled ``b vs a`` (Stata's ``pwcompare``)."""
         k = len(self.table)
         if k < 2:
             raise OptionError("Pairwise comparisons need at least two margins.")
-        pairs = list(itertools.combinations(range(k), 2))
+        if order not in ("emmeans", "stata"):
+            raise OptionError(f"order must be 'emmeans' or 'stata', not {order!r}.")
+        names = self.labels()
+        if order == "stata":
+            pairs = [(b, a) for a in range(k) for b in range(a + 1, k)]
+        else:
+            pairs = list(itertools.combinations(range(k), 2))
         C = np.zeros((len(pairs), k))
         labels = []
-        names = self.labels()
         for row, (a, b) in enumerate(pairs):
             C[row, a], C[row, b] = 1.0, -1.0
-            labels.append(f"{names[a]} - {names[b]}")
+            labels.append(f"{names[a]} vs {names[b]}" if order == "stata" else f"{names[a]} - {names[b]}")
         return self.contrast(C, labels, adjust, kind="Pairwise comparisons")
 
     def contrast(self, C: np.ndarray, labels: list[str], adjust: str = "none", kind: str = "Contrasts") -> Margins:
@@ -490,6 +497,7 @@ def with_factor_levels(record, specs: str | Iterable[str] | None, at: Mapping[st
         return None if at is None else dict(at)
     out = dict(at or {})
     factors = factor_variables(record)
+    _check_variables(record, _as_list(specs), "margins")
     for name in _as_list(specs):
         if name not in factors:
             raise OptionError(
@@ -563,3 +571,32 @@ def joint_test(margins: Margins) -> dict:
     chi2 = float(np.sum(projected**2 / values[keep]))
     df = int(keep.sum())
     return {"chi2": chi2, "df": df, "p": float(st.chi2.sf(chi2, df))}
+
+
+def stata_postestimation(record, command: str) -> Margins:
+    """Run a parsed ``margins``/``contrast``/``pwcompare`` command on a fit record (linear or GLMM)."""
+    spec = parse_postestimation(command)
+    adjust, level = spec["adjust"], spec["level"]
+    if spec["command"] != "margins":
+        if len(spec["specs"]) != 1:
+            raise OptionError(f"{spec['command']} compares the levels of one factor; give one.")
+        name = spec["specs"][0]
+        if spec["operator"] != "pw":
+            return contrast(record, "r." + name, adjust, level, spec["predict"])
+        if name not in factor_variables(record):
+            raise OptionError(f"pwcompare compares the levels of a factor; {name!r} is not one.")
+        means = estimated_marginal_means(record, name, prediction=prediction_for(record, spec["predict"]), level=level)
+        return means.pairwise(adjust, order="stata")
+    at = with_factor_levels(record, spec["specs"] or None, spec["at"])
+    prediction = prediction_for(record, spec["predict"])
+    over = spec["over"]
+    if spec["dydx"]:
+        if spec["operator"]:
+            raise OptionError("Contrasts of marginal effects (r./pw. with dydx()) are not supported.")
+        return marginal_effects(record, spec["dydx"], at, over, prediction, level)
+    result = predictive_margins(record, at, over, prediction, level)
+    if spec["operator"] == "pw":
+        return result.pairwise(adjust, order="stata")
+    if spec["operator"] == "r":
+        return result.reference_contrasts(adjust)
+    return result

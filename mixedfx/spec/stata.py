@@ -23,6 +23,8 @@ import ast
 import itertools
 import re
 
+import numpy as np
+
 from ..errors import FormulaError, OptionError, suggest
 from .options import confidence_level
 from .structures import canonical_structure
@@ -427,3 +429,147 @@ def parse_condition(text: str):
         if isinstance(node, ast.Name) and (node.id.startswith("__") or node.id.endswith("__")):
             raise FormulaError(f"The condition 'if {text}' names {node.id!r}, which is not allowed.")
     return tree
+
+
+# ---------------------------------------------------------------------------- postestimation
+#: Stata's postestimation commands for margins and comparisons that the front end reads.
+POSTESTIMATION = ("margins", "contrast", "pwcompare")
+#: Stata's mcompare() methods and their names here.
+MCOMPARE = {"noadjust": "none", "bonferroni": "bonferroni", "holm": "holm", "sidak": "sidak", "none": "none"}
+_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_LEVEL = r"[A-Za-z0-9_.+-]+"
+
+
+def _balanced_options(text: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """``"x, at(a=(0(1)3)) pwcompare"`` -> (``"x"``, [("at", "a=(0(1)3)"), ("pwcompare", None)]), any nesting."""
+    body, _, opts = text.partition(",")
+    options, pos = [], 0
+    while pos < len(opts):
+        if opts[pos].isspace():
+            pos += 1
+            continue
+        match = re.match(r"[A-Za-z_]+", opts[pos:])
+        if match is None:
+            raise OptionError(f"Cannot read the options {opts.strip()!r} (unexpected {opts[pos:].strip()!r}).")
+        name, pos = match.group(0).lower(), pos + match.end()
+        value = None
+        if pos < len(opts) and opts[pos] == "(":
+            depth, start = 0, pos
+            while pos < len(opts):
+                depth += {"(": 1, ")": -1}.get(opts[pos], 0)
+                pos += 1
+                if depth == 0:
+                    break
+            if depth != 0:
+                raise OptionError(f"Unbalanced parentheses in the option {name}{opts[start:]!r}.")
+            value = opts[start + 1 : pos - 1]
+        options.append((name, value))
+    return body.strip(), options
+
+
+def parse_numlist(text: str) -> list:
+    """Stata's numlist: ``-20 0 20``, ``0(0.25)2.5`` (from, step, to), ``1/5``; level names pass through."""
+    values: list = []
+    for token in text.split():
+        ranged = re.fullmatch(rf"({_NUMBER})\(({_NUMBER})\)({_NUMBER})", token)
+        slash = re.fullmatch(r"(-?\d+)/(-?\d+)", token)
+        if ranged:
+            start, step, stop = (float(g) for g in ranged.groups())
+            if step == 0 or (stop - start) / step < 0:
+                raise OptionError(f"The numlist {token!r} does not reach {stop:g} from {start:g} by {step:g}.")
+            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            values += [round(start + k * step, 12) for k in range(count)]
+        elif slash:
+            a, b = int(slash.group(1)), int(slash.group(2))
+            values += list(range(a, b + 1) if a <= b else range(a, b - 1, -1))
+        elif re.fullmatch(_NUMBER, token):
+            values.append(float(token))
+        elif re.fullmatch(_LEVEL, token):
+            values.append(token)  # a factor's level; checked against the data's levels later
+        else:
+            raise OptionError(f"Cannot read {token!r} in the numlist {text!r}.")
+    if not values:
+        raise OptionError("An empty numlist: give values, e.g. at(x=(0 1 2)) or at(x=(0(0.5)2)).")
+    return values
+
+
+def _parse_at(text: str) -> dict:
+    """``lrt=(-20 0 20) girl=1`` -> ``{"lrt": [-20.0, 0.0, 20.0], "girl": [1.0]}``."""
+    out = {}
+    pattern = re.compile(rf"\s*({_NAME})\s*=\s*(\(((?:[^()]|\([^()]*\))*)\)|{_LEVEL})")
+    pos = 0
+    while pos < len(text.strip()):
+        match = pattern.match(text, pos)
+        if match is None:
+            raise OptionError(f"Cannot read at({text}) at {text[pos:].strip()!r}: write at(var=(values) ...).")
+        out[match.group(1)] = parse_numlist(match.group(3) if match.group(3) is not None else match.group(2))
+        pos = match.end()
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return out
+
+
+def _varlist(text: str | None, option: str) -> list[str]:
+    names = (text or "").split()
+    for name in names:
+        if not re.fullmatch(_NAME, name):
+            raise OptionError(f"{option}() needs variable names, not {name!r}.")
+    if not names:
+        raise OptionError(f"{option}() needs at least one variable.")
+    return names
+
+
+def parse_postestimation(command: str) -> dict:
+    """Parse ``margins``, ``contrast`` or ``pwcompare`` as Stata writes them after ``mixed``.
+
+    ``margins [r.|pw.]factor ... [, at(var=(numlist) ...) over(varlist) dydx(varlist) predict(xb|mu)
+    level(#) pwcompare mcompare(bonferroni|holm|sidak|noadjust)]``, ``contrast r.factor`` and
+    ``pwcompare factor [, mcompare()]``.  The result names the ``command``, the factors
+    (``specs``), ``operator`` (None, ``"r"`` or ``"pw"``), ``at``, ``over``, ``dydx``, ``predict``,
+    ``level`` and ``adjust``.
+    """
+    text = " ".join(str(command).split())
+    match = re.match(r"([A-Za-z]+)(.*)$", text)
+    name, rest = (match.group(1), match.group(2)) if match else ("", text)
+    if name not in POSTESTIMATION:
+        raise OptionError(f"Unknown postestimation command {name or text!r}: use {', '.join(POSTESTIMATION)}.")
+    body, options = _balanced_options(rest)
+    out = {"command": name, "specs": [], "operator": None, "at": {}, "over": [], "dydx": [], "predict": None}
+    out.update(level=95.0, adjust="none")
+    for token in body.split():
+        operator, dot, variable = token.rpartition(".")
+        operator = operator.lower() if dot else ""
+        if operator not in ("", "i", "r", "pw") or not re.fullmatch(_NAME, variable):
+            raise OptionError(f"Cannot read {token!r}: give factor names, optionally as r.name or pw.name.")
+        if operator in ("r", "pw"):
+            if out["operator"] not in (None, operator):
+                raise OptionError("Give one contrast operator (r. or pw.) in a command.")
+            out["operator"] = operator
+        out["specs"].append(variable)
+    for option, value in options:
+        if option == "at":
+            out["at"].update(_parse_at(value or ""))
+        elif option == "over":
+            out["over"] = _varlist(value, "over")
+        elif option == "dydx":
+            out["dydx"] = _varlist(value, "dydx")
+        elif option == "predict":
+            out["predict"] = (value or "").strip().lower() or None
+        elif option == "level":
+            confidence_level(value)
+            out["level"] = float(value)
+        elif option == "pwcompare":
+            out["operator"] = "pw"
+        elif option == "mcompare":
+            key = (value or "").strip().lower()
+            if key not in MCOMPARE:
+                raise OptionError(f"mcompare({value}) is not supported: use bonferroni, holm, sidak or noadjust.")
+            out["adjust"] = MCOMPARE[key]
+        else:
+            known = ["at", "over", "dydx", "predict", "level", "pwcompare", "mcompare"]
+            raise OptionError(f"Unknown {name} option {option!r}.{suggest(option, known)}")
+    if name in ("contrast", "pwcompare"):
+        if not out["specs"] or out["at"] or out["over"] or out["dydx"]:
+            raise OptionError(f"{name} needs a factor and takes no at(), over() or dydx() here.")
+        out["operator"] = "pw" if name == "pwcompare" else (out["operator"] or "r")
+    return out

@@ -159,3 +159,74 @@ def test_the_weight_clause_may_follow_if_and_in():
 def test_bad_weight_syntax_is_refused(command, message):
     with pytest.raises((OptionError, FormulaError), match=message):
         parse_mixed(command)
+
+
+# ---------------------------------------------------------------------------- postestimation
+def test_margins_commands_are_parsed():
+    from mixedfx.spec.stata import parse_postestimation
+
+    spec = parse_postestimation("margins schgend, at(lrt=(-20(10)20) girl=1) over(sex) pwcompare mcompare(holm)")
+    assert spec["command"] == "margins" and spec["specs"] == ["schgend"] and spec["operator"] == "pw"
+    assert spec["at"] == {"lrt": [-20.0, -10.0, 0.0, 10.0, 20.0], "girl": [1.0]}
+    assert spec["over"] == ["sex"] and spec["adjust"] == "holm"
+    assert parse_postestimation("margins, dydx(x z) level(90)")["dydx"] == ["x", "z"]
+    assert parse_postestimation("margins r.schgend")["operator"] == "r"
+    assert parse_postestimation("contrast schgend")["operator"] == "r"
+    assert parse_postestimation("pwcompare schgend, mcompare(noadjust)")["adjust"] == "none"
+    assert parse_postestimation("margins, at(age=(0(0.25)1))")["at"]["age"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_postestimation("margins, at(k=(1/3) g=(girls boys))")["at"] == {"k": [1, 2, 3], "g": ["girls", "boys"]}
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        ("predict xb", "Unknown postestimation command"),
+        ("margins x, mcompare(tukey)", r"mcompare\(tukey\) is not supported"),
+        ("margins, at(x=(0(-1)3))", "does not reach"),
+        ("margins, at(x=())", "empty numlist"),
+        ("margins, at(x=(1 __import__('os')))", "Cannot read"),
+        ("margins, at(x=(1 2)", "Unbalanced parentheses"),
+        ("margins, post", "Unknown margins option 'post'"),
+        ("contrast r.a, at(x=1)", "takes no at"),
+        ("margins a.b.c", "Cannot read"),
+    ],
+)
+def test_bad_postestimation_commands_are_refused(command, message):
+    from mixedfx.spec.stata import parse_postestimation
+
+    with pytest.raises(OptionError, match=message):
+        parse_postestimation(command)
+
+
+def test_postestimation_after_mixed_runs_margins_and_stata_s_pwcompare(exam):
+    fit = mixedfx.mixed("mixed gcse lrt i.schgend || school:", exam)
+    margins = fit.postestimation("margins schgend")
+    direct = fit.margins("schgend")
+    np.testing.assert_allclose(margins.table["estimate"], direct.table["estimate"], rtol=1e-12)
+    pairs = fit.postestimation("pwcompare schgend, mcompare(bonferroni)")
+    assert list(pairs.table["contrast"]) == ["girls vs boys", "mixed vs boys", "mixed vs girls"]
+    emmeans_order = fit.contrast("pw.schgend", adjust="bonferroni")
+    np.testing.assert_allclose(pairs.table["estimate"].iloc[0], -emmeans_order.table["estimate"].iloc[0], rtol=1e-12)
+    np.testing.assert_allclose(sorted(pairs.table["p"]), sorted(emmeans_order.table["p"]), rtol=1e-12)
+
+
+def test_cli_runs_post_commands_and_draws_marginsplot(tmp_path, capsys):
+    png = tmp_path / "margins.png"
+    code = main(
+        [
+            "stata",
+            "exam",
+            "mixed gcse lrt i.schgend || school:",
+            "--post",
+            "margins schgend",
+            "--post",
+            "margins, at(lrt=(-20(20)20)) over(schgend)",
+            "--marginsplot",
+            str(png),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and ". margins schgend" in out and "Predictive margins" in out and "lrt=20, mixed" in out
+    assert png.stat().st_size > 10_000
+    assert main(["stata", "exam", "mixed gcse lrt || school:", "--post", "margins, bogus"]) == 2
+    assert "Unknown margins option 'bogus'" in capsys.readouterr().err
