@@ -218,8 +218,18 @@ def _is_listlike(value: object) -> bool:
     return isinstance(value, (list, tuple, np.ndarray, pd.Series, pd.Index, range))
 
 
+def require_data(record) -> None:
+    """Margins average over the estimation rows: refuse a fit made from reduced data (DuckDB, Dask)."""
+    if record.design.data is None:
+        raise OptionError(
+            "Margins average predictions over the rows of the data, but this model was fitted from reduced data "
+            "(sufficient statistics); refit in memory with mixedfx.fit(..., engine='memory') for them."
+        )
+
+
 def model_variables(record) -> list[str]:
     """The data columns the fixed part (and offsets) reads, in formula order."""
+    require_data(record)
     formula = record.design.formula
     names = list(required_variables(formula.fixed, "the fixed part"))
     for expr in formula.offsets:

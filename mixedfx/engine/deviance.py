@@ -125,6 +125,9 @@ class ProfiledDeviance:
         self.offset = 0.0  # added to every deviance: sum log|R_i| of whitened R-side models
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
 
+    #: The deviance of the data is this times the evaluator's (a pseudo-likelihood's top-level weight scale).
+    likelihood_scale = 1.0
+
     @property
     def n_likelihood(self) -> float:
         """The number of observations that multiplies ``log sigma^2`` in the ML deviance (n here)."""

@@ -35,7 +35,7 @@ restricted (REML) version: with sampling weights the fixed effects are not integ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as la
@@ -116,6 +116,15 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
         weights: NestedWeights,
     ):
         super().__init__(stats, layouts, reml=False)
+        # The estimates do not change when the top level's weights are multiplied by a constant
+        # (-2 log PL is multiplied by it): the engine works with them divided by their mean, so
+        # that weights of 1e-300 or 1e300 leave the optimiser's tolerances meaningful, and
+        # ``likelihood_scale`` carries the mean back to the reported log pseudo-likelihood.
+        top = weights.order[-1]
+        self.likelihood_scale = float(np.mean(weights.level_weights[top]))
+        levels = list(weights.level_weights)
+        levels[top] = levels[top] / self.likelihood_scale
+        weights = replace(weights, level_weights=levels)
         self.weights = weights
         self.p = X.shape[1]
         finest = weights.order[0]
@@ -138,7 +147,7 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
 
     @property
     def n_likelihood(self) -> float:
-        """The weighted number of observations ``N_w = sum_k w_k sum_j w_j|k sum_i a_i`` (times ``log sigma^2``)."""
+        """``N_w = sum_k w_k sum_j w_j|k sum_i a_i`` (times ``log sigma^2``; top weights divided by their mean)."""
         return self.weighted_count
 
     @property

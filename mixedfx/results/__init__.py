@@ -234,13 +234,14 @@ class FitRecord:
 
         Scaling y by ``s`` adds ``n log s^2`` (ML) or ``(n - p) log s^2`` (REML); the REML
         term ``log|R_X|^2`` also changes by ``2 log|det T|`` under ``X~ = X T``.  (Dividing
-        the weights by a constant leaves the deviance unchanged.)
+        the weights by a constant leaves the deviance unchanged; a pseudo-likelihood's, whose
+        top-level weights the engine divides by their mean, is multiplied back by it.)
         """
         n, p = self.deviance.n_likelihood, len(self.design.fixed_names)
         log_s2 = 2.0 * np.log(self.scaling.y_scale)
         if self.reml:
             return deviance_tilde + (n - p) * log_s2 - 2.0 * self.scaling.log_det_T
-        return deviance_tilde + n * log_s2
+        return self.deviance.likelihood_scale * (deviance_tilde + n * log_s2)
 
     @property
     def n_params(self) -> int:

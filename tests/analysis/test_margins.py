@@ -208,3 +208,12 @@ def test_bad_requests_are_refused(exam_fit, call, message):
         warnings.simplefilter("ignore")
         with pytest.raises((OptionError, mixedfx.errors.DataError), match=message):
             call(exam_fit)
+
+
+def test_margins_of_a_fit_from_reduced_data_are_refused(tmp_path):
+    path = tmp_path / "exam.parquet"
+    mixedfx.datasets.load_exam().to_parquet(path)
+    fit = mixedfx.fit("gcse ~ lrt + schgend + (1 | school)", str(path), engine="duckdb")
+    for call in (lambda: fit.margins("schgend"), lambda: fit.emmeans("schgend"), lambda: fit.contrast("r.schgend")):
+        with pytest.raises(OptionError, match="fitted from reduced data"):
+            call()

@@ -172,7 +172,7 @@ def test_unit_weights_give_the_ml_fit_and_the_cluster_robust_covariance():
 
 
 def test_size_scaling_ignores_the_level_one_weights_scale_within_clusters():
-    d = _three_level(seed=3)
+    d = _three_level(seed=4)
     d["a2"] = d["a"] * d["school"].str[1:].astype(int).add(1)  # a different constant per school
     formula = "y ~ x + (1 | school)"
     one = mixedfx.fit(formula, d, method="ml", pweights={"": "a", "school": "ws"}, pwscale="size")
@@ -279,3 +279,42 @@ def test_likelihood_based_analyses_are_refused_not_faked(small):
         warnings.simplefilter("error")
         population = fit.predict(level="population")
         assert len(population) == len(small)
+
+
+def test_rows_with_missing_covariates_are_dropped_before_the_weights_are_scaled():
+    pisa = datasets.load_pisa2000()
+    pisa.loc[[3, 10], "female"] = np.nan
+    weights = {"": "w_fstuwt", "id_school": "wnrschbw"}
+    fit = mixedfx.fit("isei ~ female + (1 | id_school)", pisa, method="ml", pweights=weights, pwscale="size")
+    complete = mixedfx.fit(
+        "isei ~ female + (1 | id_school)", pisa.dropna(subset=["female"]), method="ml", pweights=weights, pwscale="size"
+    )
+    assert (fit.nobs, fit.n_missing) == (2067, 2)
+    assert fit.loglik == pytest.approx(complete.loglik, rel=1e-12)
+
+
+def test_three_levels_in_stata_syntax_equal_the_python_call():
+    d = _three_level(seed=9)
+    command = "mixed y x [pw=a] || school:, pweight(ws) || klass:, pweight(wc) pwscale(size)"
+    stata = mixedfx.mixed(command, d)
+    python = mixedfx.fit(
+        "y ~ x + (1 | school) + (1 | klass:school)",
+        d,
+        method="ml",
+        pweights={"": "a", "school": "ws", "klass:school": "wc"},
+        pwscale="size",
+    )
+    assert stata.loglik == pytest.approx(python.loglik, rel=1e-12)
+    np.testing.assert_allclose(stata.se.to_numpy(), python.se.to_numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_top_level_weights_of_any_scale_give_the_same_estimates(pisa, scale):
+    data = datasets.load_pisa2000()
+    data["w_school"] = data["wnrschbw"] * scale
+    weights = {"": "w_fstuwt", "id_school": "w_school"}
+    fit = mixedfx.fit(PISA_FORMULA, data, method="ml", pweights=weights, pwscale="size")
+    np.testing.assert_allclose(fit.fixef.to_numpy(), pisa.fixef.to_numpy(), rtol=1e-7)
+    np.testing.assert_allclose(fit.se.to_numpy(), pisa.se.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fit.re_table()["se"].to_numpy(), pisa.re_table()["se"].to_numpy(), rtol=1e-5)
+    assert fit.loglik == pytest.approx(scale * pisa.loglik, rel=1e-10)
