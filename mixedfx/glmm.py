@@ -136,7 +136,8 @@ class GLMMResults:
         derive=None,
     ) -> margins.Margins:
         """Predictive margins or average marginal effects of ``mu`` (random effects at zero; Stata's
-        ``margins, predict(mu fixedonly)``) or of ``xb``, with delta-method SEs (see ``MixedResults.margins``)."""
+        ``margins, predict(mu fixedonly)``), of ``"marginal"`` (the population-averaged mean, random
+        intercepts only) or of ``xb``, with delta-method SEs in beta (see ``MixedResults.margins``)."""
         at = margins.with_factor_levels(self.record, specs, at)
         prediction = margins.prediction_for(self.record, predict)
         if dydx is not None:

@@ -34,9 +34,11 @@ import pandas as pd
 from scipy import stats as st
 
 from ..data.columns import offset_values, required_variables
+from ..engine.laplace import gauss_hermite
 from ..errors import OptionError, suggest
 from ..spec.options import confidence_level
 from ..spec.stata import parse_postestimation
+from .glmm import MARGINAL_NODES
 from .prediction import fixed_matrix
 
 #: Rows per chunk when a margin's Jacobian is summed over the data.
@@ -204,6 +206,35 @@ def mean_prediction(inverse_link: Callable[[np.ndarray], np.ndarray], link: str)
         return (inverse_link(eta + step) - inverse_link(eta - step)) / (2.0 * step)
 
     return Prediction(f"Predicted mean ({link} link), random effects at zero (mu)", inverse_link, slope)
+
+
+def population_averaged_prediction(record) -> Prediction:
+    """A GLMM's population-averaged mean ``E[g^-1(eta + sqrt(v) z)]``, ``z ~ N(0, 1)`` (Stata's
+    ``predict(mu marginal)``), with ``v`` the sum of the random intercepts' variances.
+
+    Given the variance components, ``h(eta)`` and ``h'(eta) = E[dmu/deta]`` are Gauss-Hermite
+    sums (:data:`mixedfx.analysis.glmm.MARGINAL_NODES` nodes).  With random slopes ``v`` varies
+    with the covariates; such models are refused.
+    """
+    blocks = record.design.blocks
+    if any(list(b.names) != ["(Intercept)"] for b in blocks):
+        raise OptionError(
+            "Population-averaged margins (predict='marginal') need random intercepts only: with random slopes "
+            "the variance of the random part varies with the covariates."
+        )
+    variance = sum(float(record.G[b.name].to_numpy()[0, 0]) for b in blocks)
+    nodes, log_w = gauss_hermite(MARGINAL_NODES)
+    weights = np.exp(log_w - 0.5 * nodes**2) / np.sqrt(2 * np.pi)
+    shifts = np.sqrt(variance) * nodes
+    family = record.family
+
+    def mean(eta: np.ndarray) -> np.ndarray:
+        return sum(w * family.mean(eta + t) for t, w in zip(shifts, weights))
+
+    def slope(eta: np.ndarray) -> np.ndarray:
+        return sum(w * np.exp(family.log_mu_eta(eta + t)) for t, w in zip(shifts, weights))
+
+    return Prediction(f"Population-averaged mean ({family.link} link), marginal over the random effects", mean, slope)
 
 
 # ---------------------------------------------------------------------------- cells
@@ -519,7 +550,8 @@ def with_factor_levels(record, specs: str | Iterable[str] | None, at: Mapping[st
 
 
 def prediction_for(record, predict: str | None) -> Prediction:
-    """The predicted quantity of ``predict``: ``xb`` for a linear model; ``mu`` (default) or ``xb`` for a GLMM.
+    """The predicted quantity of ``predict``: ``xb`` for a linear model; for a GLMM ``mu`` (default; random
+    effects at zero), ``marginal`` (population-averaged mean) or ``xb``.
 
     Predictions that involve the random effects (Stata's ``fitted``, lme4's conditional ones)
     are refused: they depend on estimated BLUPs, not on ``beta`` alone, so the delta method in
@@ -531,7 +563,9 @@ def prediction_for(record, predict: str | None) -> Prediction:
         return linear_prediction()
     if key == "mu" and family is not None:
         return mean_prediction(family.mean, family.link)
-    allowed = "'mu' or 'xb'" if family is not None else "'xb'"
+    if key == "marginal" and family is not None:
+        return population_averaged_prediction(record)
+    allowed = "'mu', 'marginal' or 'xb'" if family is not None else "'xb'"
     raise OptionError(
         f"predict={predict!r} is not available for margins: use {allowed}. Predictions with the random effects "
         "(fitted, conditional) depend on the BLUPs as well as beta, so their margins have no delta-method SE."

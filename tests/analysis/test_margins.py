@@ -126,6 +126,10 @@ def test_glmm_margins_of_the_mean_equal_r():
         J = (Xk * (mu * (1 - mu))[:, None]).mean(axis=0)
         assert got["estimate"] == pytest.approx(mu.mean(), rel=1e-12)
         assert got["se"] == pytest.approx(np.sqrt(J @ fit.vcov.to_numpy() @ J), rel=1e-8)
+    averaged = fit.margins("period", predict="marginal").table  # E over u of the mean, R's integrate()
+    for (_, got), want in zip(averaged.iterrows(), ref["predictive_period_marginal"]):
+        assert got["estimate"] == pytest.approx(want["estimate"], **tol)
+        assert got["se"] == pytest.approx(want["se"], **tol)
     linear = fit.margins("period", predict="xb").table
     np.testing.assert_allclose(linear["estimate"].iloc[1] - linear["estimate"].iloc[0], fit.fixef.iloc[1], rtol=1e-10)
 
@@ -217,3 +221,11 @@ def test_margins_of_a_fit_from_reduced_data_are_refused(tmp_path):
     for call in (lambda: fit.margins("schgend"), lambda: fit.emmeans("schgend"), lambda: fit.contrast("r.schgend")):
         with pytest.raises(OptionError, match="fitted from reduced data"):
             call()
+
+
+def test_population_averaged_margins_need_random_intercepts_only():
+    sleep = mixedfx.datasets.load_sleepstudy().assign(slow=lambda d: (d["Reaction"] > 300).astype(float))
+    fit = mixedfx.fit("slow ~ Days + (1 + Days | Subject)", sleep, family="bernoulli")
+    with pytest.raises(OptionError, match="random intercepts only"):
+        fit.margins(predict="marginal")
+    assert fit.margins(at={"Days": [0, 9]}).table["estimate"].is_monotonic_increasing
