@@ -268,11 +268,7 @@ class MixedResults:
         or discrete changes from a factor's base level).  ``predict``: ``"xb"`` (the linear
         prediction, fixed portion).  ``derive`` recomputes derived columns (splines) after ``at``.
         """
-        at = margins.with_factor_levels(self.record, specs, at)
-        prediction = margins.prediction_for(self.record, predict)
-        if dydx is not None:
-            return margins.marginal_effects(self.record, dydx, at, over, prediction, level, derive)
-        return margins.predictive_margins(self.record, at, over, prediction, level, derive)
+        return margins.margins_table(self.record, specs, at, over, dydx, predict, level, derive)
 
     def emmeans(
         self, specs: str | list[str], at: dict | None = None, weights: str = "equal", level: float = 95, derive=None

@@ -138,11 +138,7 @@ class GLMMResults:
         """Predictive margins or average marginal effects of ``mu`` (random effects at zero; Stata's
         ``margins, predict(mu fixedonly)``), of ``"marginal"`` (the population-averaged mean, random
         intercepts only) or of ``xb``, with delta-method SEs in beta (see ``MixedResults.margins``)."""
-        at = margins.with_factor_levels(self.record, specs, at)
-        prediction = margins.prediction_for(self.record, predict)
-        if dydx is not None:
-            return margins.marginal_effects(self.record, dydx, at, over, prediction, level, derive)
-        return margins.predictive_margins(self.record, at, over, prediction, level, derive)
+        return margins.margins_table(self.record, specs, at, over, dydx, predict, level, derive)
 
     def emmeans(
         self,

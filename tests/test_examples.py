@@ -72,15 +72,20 @@ def _assert_same_document(new_text: str, old_text: str, name: str) -> None:
         assert abs(float(new.replace(",", "")) - float(old.replace(",", ""))) <= 1.01 * unit, (new, old)
 
 
-def test_binary_example_writes_its_document_and_it_is_current(tmp_path):
-    """examples/binary.py (melogit on Contraception) runs clean and docs/binary.md is what it writes."""
+def _run_example(name: str, out: Path) -> str:
+    """Run examples/NAME.py writing into ``out``; the document it wrote."""
     argv = sys.argv
-    sys.argv = [str(ROOT / "examples" / "binary.py"), str(tmp_path)]
+    sys.argv = [str(ROOT / "examples" / f"{name}.py"), str(out)]
     try:
-        runpy.run_path(str(ROOT / "examples" / "binary.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / "examples" / f"{name}.py"), run_name="__main__")
     finally:
         sys.argv = argv
-    text = (tmp_path / "binary.md").read_text()
+    return (out / f"{name}.md").read_text()
+
+
+def test_binary_example_writes_its_document_and_it_is_current(tmp_path):
+    """examples/binary.py (melogit on Contraception) runs clean and docs/binary.md is what it writes."""
+    text = _run_example("binary", tmp_path)
     assert "Mixed-effects logistic regression" in text and "Odds Ratio" in text and "c.age#c.age" in text
     assert sorted(p.name for p in (tmp_path / "img").glob("binary_*.png")) == [
         "binary_caterpillar.png",
@@ -91,13 +96,7 @@ def test_binary_example_writes_its_document_and_it_is_current(tmp_path):
 
 def test_survey_example_writes_its_document_and_it_is_current(tmp_path):
     """examples/survey.py (PISA 2000 with weights at two levels) runs clean and docs/survey.md is what it writes."""
-    argv = sys.argv
-    sys.argv = [str(ROOT / "examples" / "survey.py"), str(tmp_path)]
-    try:
-        runpy.run_path(str(ROOT / "examples" / "survey.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    text = (tmp_path / "survey.md").read_text()
+    text = _run_example("survey", tmp_path)
     assert "Log pseudolikelihood = -1443093.9" in text and "(Std. err. adjusted for 148 clusters in id_school)" in text
     assert sorted(p.name for p in (tmp_path / "img").glob("survey_*.png")) == ["survey_coefficients.png"]
     _assert_same_document(text, (ROOT / "docs" / "survey.md").read_text(), "survey")

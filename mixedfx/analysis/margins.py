@@ -357,6 +357,14 @@ def _as_list(value: str | Iterable[str] | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- margins
+def _cells(record, at: dict, over: list[str], derive):
+    """Each (over key, at values, rows) cell of a margins table: subgroups slowest, then the ``at`` grid."""
+    grid = _grid(at) if at else pd.DataFrame(index=[0])
+    for key, rows in _subgroups(record, over, derive):
+        for _, point in grid.iterrows():
+            yield key, (point.to_dict() if at else {}), rows
+
+
 def predictive_margins(
     record,
     at: Mapping[str, object] | None = None,
@@ -367,20 +375,16 @@ def predictive_margins(
 ) -> Margins:
     """Predictive margins (Stata ``margins [factor], at() over()``): mean predictions with ``at`` set."""
     prediction = prediction or linear_prediction()
-    over = _as_list(over)
-    at = dict(at or {})
+    over, at = _as_list(over), dict(at or {})
     _check_variables(record, list(at) + over, "margins", at if derive is not None else ())
     beta = record.fixef.to_numpy()
-    grid = _grid(at) if at else pd.DataFrame(index=[0])
     cells, estimates, jacobians = [], [], []
-    for key, rows in _subgroups(record, over, derive):
-        for _, point in grid.iterrows():
-            values = point.to_dict() if at else {}
-            frame = _set_values(rows, values, derive) if values or derive else rows
-            estimate, gradient = _mean_gradient(record, frame, prediction, beta)
-            cells.append({**key, **values})
-            estimates.append(estimate)
-            jacobians.append(gradient)
+    for key, values, rows in _cells(record, at, over, derive):
+        frame = _set_values(rows, values, derive) if values or derive else rows
+        estimate, gradient = _mean_gradient(record, frame, prediction, beta)
+        cells.append({**key, **values})
+        estimates.append(estimate)
+        jacobians.append(gradient)
     return _margins(record, cells, estimates, jacobians, level, "Predictive margins", prediction, list(at) + over)
 
 
@@ -400,18 +404,15 @@ def marginal_effects(
     _check_variables(record, names + list(at) + over, "margins", at if derive is not None else ())
     factors = set(factor_variables(record))
     beta = record.fixef.to_numpy()
-    grid = _grid(at) if at else pd.DataFrame(index=[0])
     cells, estimates, jacobians = [], [], []
     for name in names:
-        for key, rows in _subgroups(record, over, derive):
-            for _, point in grid.iterrows():
-                values = point.to_dict() if at else {}
-                for label, estimate, gradient in _effects(
-                    record, rows, name, name in factors, values, prediction, beta, derive
-                ):
-                    cells.append({"term": name, "contrast": label, **key, **values})
-                    estimates.append(estimate)
-                    jacobians.append(gradient)
+        for key, values, rows in _cells(record, at, over, derive):
+            for label, estimate, gradient in _effects(
+                record, rows, name, name in factors, values, prediction, beta, derive
+            ):
+                cells.append({"term": name, "contrast": label, **key, **values})
+                estimates.append(estimate)
+                jacobians.append(gradient)
     columns = ["term", "contrast"] + list(at) + over
     return _margins(record, cells, estimates, jacobians, level, "Average marginal effects", prediction, columns)
 
@@ -549,6 +550,25 @@ def with_factor_levels(record, specs: str | Iterable[str] | None, at: Mapping[st
     return out
 
 
+def margins_table(
+    record,
+    specs: str | Iterable[str] | None = None,
+    at: Mapping[str, object] | None = None,
+    over: str | Iterable[str] | None = None,
+    dydx: str | Iterable[str] | None = None,
+    predict: str | None = None,
+    level: float = 95,
+    derive: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> Margins:
+    """Stata's ``margins``: every level of the factors in ``specs`` (crossed with ``at``), within ``over``
+    subgroups; predictive margins, or with ``dydx`` average marginal effects, of ``predict``."""
+    at = with_factor_levels(record, specs, at)
+    prediction = prediction_for(record, predict)
+    if dydx:
+        return marginal_effects(record, dydx, at, over, prediction, level, derive)
+    return predictive_margins(record, at, over, prediction, level, derive)
+
+
 def prediction_for(record, predict: str | None) -> Prediction:
     """The predicted quantity of ``predict``: ``xb`` for a linear model; for a GLMM ``mu`` (default; random
     effects at zero), ``marginal`` (population-averaged mean) or ``xb``.
@@ -631,14 +651,10 @@ def stata_postestimation(record, command: str) -> Margins:
             raise OptionError(f"pwcompare compares the levels of a factor; {name!r} is not one.")
         means = estimated_marginal_means(record, name, prediction=prediction_for(record, spec["predict"]), level=level)
         return means.pairwise(adjust, order="stata")
-    at = with_factor_levels(record, spec["specs"] or None, spec["at"])
-    prediction = prediction_for(record, spec["predict"])
-    over = spec["over"]
-    if spec["dydx"]:
-        if spec["operator"]:
-            raise OptionError("Contrasts of marginal effects (r./pw. with dydx()) are not supported.")
-        return marginal_effects(record, spec["dydx"], at, over, prediction, level)
-    result = predictive_margins(record, at, over, prediction, level)
+    if spec["dydx"] and spec["operator"]:
+        raise OptionError("Contrasts of marginal effects (r./pw. with dydx()) are not supported.")
+    specs = spec["specs"] or None
+    result = margins_table(record, specs, spec["at"], spec["over"], spec["dydx"], spec["predict"], level)
     if spec["operator"] == "pw":
         return result.pairwise(adjust, order="stata")
     if spec["operator"] == "r":
