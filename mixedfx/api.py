@@ -16,6 +16,7 @@ import pandas as pd
 
 from .analysis import intervals, marginal, margins, prediction, ranef, ranking, robust, varcomp, wald
 from .analysis import lrtest as lrtests
+from .analysis import moments as moments_analysis
 from .analysis.lrtest import LRTest
 from .data.conditions import evaluate_condition
 from .data.io import read_data
@@ -24,11 +25,13 @@ from .data.reduce.reduced import ReducedData
 from .data.reduce.sqlscan import reduce_duckdb
 from .errors import DataError, OptionError
 from .fitting import pipeline
+from .fitting.moments import fit_moments
 from .fitting.rside import fit_rside
 from .fitting.survey import fit_pseudo
 from .glmm import GLMMResults, fit_glmm, stata_glmm
 from .present import html, report, serialize, text
 from .results import FitRecord
+from .results.moments import MomentsRecord
 from .spec.model import model_spec
 from .spec.options import check_engine, is_reml
 from .spec.stata import parse_mixed, parse_range, stata_coefficient_name
@@ -431,7 +434,7 @@ def fit(
     nagq: int | None = 1,
     pweights: dict[str, str] | None = None,
     pwscale: str | None = None,
-) -> MixedResults | GLMMResults:
+) -> MixedResults | GLMMResults | MomentsResults:
     """Fit a linear mixed model by REML (default) or ML, or with ``family`` a generalized one.
 
     Parameters
@@ -441,7 +444,8 @@ def fit(
     data:
         a DataFrame, or the path of a ``.csv``, ``.dta`` or ``.parquet`` file.
     method:
-        ``"reml"`` or ``"ml"``.
+        ``"reml"``, ``"ml"`` or ``"moments"`` (random intercepts, crossed or nested, at any scale:
+        method-of-moments components and GLS fixed effects, :mod:`mixedfx.engine.moments`).
     weights:
         column name or array of positive weights ``w``: residual variance ``sigma^2 / w``.
     covariance:
@@ -483,6 +487,8 @@ def fit(
         standard errors clustered at the top level (:mod:`mixedfx.engine.pseudo`); nested
         factors, rows in memory.
     """
+    if str(method).strip().lower() == "moments":
+        return _fit_moments(formula, data, engine, weights, covariance, missing, residuals, pweights, family)
     if family is not None:
         _check_glmm_options(engine, residuals, variance, group, start)
         return fit_glmm(formula, data, family, link, nagq, weights, missing, covariance)
@@ -508,6 +514,57 @@ def fit(
         result = MixedResults(pipeline.fit_rows(spec, frame, weights, start, max_iterations))
     result.source = None if isinstance(data, pd.DataFrame) else Path(data)
     return result
+
+
+def _fit_moments(formula, data, engine, weights, covariance, missing, residuals, pweights, family) -> MomentsResults:
+    """A method-of-moments fit (see :func:`fit`), after the option checks."""
+    for name, given in (("weights", weights), ("pweights", pweights), ("family", family), ("residuals", residuals)):
+        if given is not None:
+            raise OptionError(f"method='moments' does not take {name} yet.")
+    if _choose_engine(engine, data) != "memory":
+        raise OptionError(f"method='moments' needs the rows in memory; use engine='memory', not {engine!r}.")
+    spec = model_spec(formula, "ml", covariance, None, None, None, missing)
+    return MomentsResults(fit_moments(spec, read_data(data)))
+
+
+class MomentsResults:
+    """A random-intercepts model fitted by the method of moments (``fit(..., method="moments")``).
+
+    Attributes: ``fixef``, ``se``, ``vcov`` (GLS given the components), ``components``
+    (variances per grouping factor and ``Residual``), ``sigma``, ``nobs``, ``ngroups``,
+    ``record``; ``summary()`` prints the table with bootstrap SEs of the components.
+    """
+
+    method = "moments"
+
+    def __init__(self, record: MomentsRecord):
+        self.record = record
+
+    fixef = property(lambda self: self.record.fixef)
+    se = property(lambda self: self.record.se)
+    vcov = property(lambda self: self.record.vcov)
+    components = property(lambda self: self.record.components)
+    sigma = property(lambda self: self.record.sigma)
+    nobs = property(lambda self: self.record.nobs)
+    ngroups = property(lambda self: self.record.ngroups)
+
+    def coef_table(self, level: float = 95) -> pd.DataFrame:
+        """GLS fixed effects with SE, z, p and CI."""
+        return moments_analysis.moments_coef_table(self.record, level)
+
+    def re_table(self, level: float = 95, replicates: int | None = None) -> pd.DataFrame:
+        """Variance components with parametric-bootstrap SEs and percentile intervals."""
+        return moments_analysis.moments_component_table(self.record, level, replicates)
+
+    def summary(self, level: float = 95, replicates: int | None = None, digits: int = 7) -> Summary:
+        """The table: GLS coefficients, moment components with bootstrap SEs (``replicates``, default 50)."""
+        return Summary(text.moments_text(self.record, level, replicates, digits))
+
+    def __str__(self) -> str:
+        return str(self.summary())
+
+    def __repr__(self) -> str:
+        return f"<MomentsResults: {self.record.formula!r}, nobs={self.nobs}>"
 
 
 def _fit_pseudo(spec, data, engine, weights, pweights, pwscale, start, max_iterations) -> MixedResults:

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from ..analysis.lrtest import lr_test_vs_linear
+from ..analysis.moments import moments_coef_table, moments_component_table
 from ..analysis.varcomp import icc, varcomp_table
 from ..analysis.wald import coef_table, wald_chi2
 from ..results import FitRecord
@@ -351,4 +352,59 @@ def margins_text(margins, digits: int = 7) -> str:
             f"{_pvalue(row['p'])}    {_cells(row, ['lower', 'upper'], digits, gap='  ')}"
         )
     lines.append("-" * len(rule))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- method of moments
+def moments_text(record, level: float = 95, replicates: int | None = None, digits: int = 7) -> str:
+    """The summary of a method-of-moments fit: GLS coefficients, moment components with bootstrap SEs."""
+    digits = display_digits(digits)
+    table = moments_coef_table(record, level)
+    components = moments_component_table(record, level, replicates)
+    chi2, df, p = wald_chi2(record)
+    pct = f"{confidence_level(level) * 100:g}%"
+    lines = [
+        f"{'Mixed-effects regression, method of moments':<48}{'Number of obs':<17} = {record.nobs:>10,}",
+        f"{'  variance components: U-statistics':<48}{f'Wald chi2({df})':<17} = {chi2:>10.2f}",
+        f"{'  (Gao & Owen); fixed effects: GLS':<48}{'Prob > chi2':<17} = {p:>10.4f}",
+    ]
+    if record.n_missing:
+        lines.append(f"({record.n_missing:,} observation(s) with missing values dropped)")
+    lines += ["", *group_text(record).splitlines(), ""]
+    names = list(table.index)
+    order = [n for n in names if n != "(Intercept)"] + [n for n in names if n == "(Intercept)"]
+    width = unambiguous_width([_display_name(n) for n in order] + [record.design.response_name], 12)
+    rule = "-" * (width + 1) + "+" + "-" * 66
+    lines += [
+        "-" * len(rule),
+        f"{stata_abbrev(record.design.response_name, width):>{width}} |      Coef.  Std. Err.      z    P>|z|"
+        f"     [{pct} Conf. Interval]",
+        rule,
+    ]
+    for name in order:
+        r = table.loc[name]
+        lines.append(
+            f"{stata_abbrev(_display_name(name), width):>{width}} | {_cells(r, ['estimate', 'se'], digits)} "
+            f"{r['z']:8.2f}  {_pvalue(r['p'])}    {_cells(r, ['lower', 'upper'], digits, gap='  ')}"
+        )
+    lines += ["-" * len(rule), ""]
+    rule = "-" * 28 + "+" + "-" * 50
+    lines += [
+        "-" * len(rule),
+        f"{'Random-effects Parameters':^27} |   Estimate  Boot. SE      [{pct} Perc. Interval]",
+        rule,
+    ]
+    for _, row in components.iterrows():
+        label = f"var({row['group'] if row['group'] != 'Residual' else 'Residual'})"
+        numbers = f"{_cells(row, ['estimate', 'se'], digits)}    {_cells(row, ['lower', 'upper'], digits, gap='  ')}"
+        lines.append(f"{stata_abbrev(label, 25):>25}   | {numbers}")
+    lines.append("-" * len(rule))
+    n_boot = components.attrs.get("replicates", 0)
+    lines.append(
+        f"Standard errors of the fixed effects: GLS given the components; of the components: parametric bootstrap, "
+        f"{n_boot} replicates (seed {record.seed})."
+    )
+    for name, cut in zip(record.ngroups, record.estimates.truncated):
+        if cut:
+            lines.append(f"Note: the moment estimate of var({name}) was negative and is set to zero.")
     return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Method-of-moments fits of random-intercept models (crossed or nested), for data where any
+factorisation is too expensive: ``mixedfx.fit(..., method="moments")``.
+
+Stage 1 (the design) is the pipeline's; the rows are standardised as for the likelihood fits,
+reduced by :class:`mixedfx.engine.moments.CrossedDesign` (U-statistics and their exact
+expectations, then GLS by conjugate gradients) and recorded in a
+:class:`~mixedfx.results.moments.MomentsRecord`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..engine.moments import CrossedDesign
+from ..engine.stats import apply_standardisation, standardisation
+from ..errors import DataError, OptionError, SingularFitWarning
+from ..results.moments import MomentsRecord
+from ..spec.model import ModelSpec
+from .pipeline import check_scales, design_stage
+
+
+def check_intercepts_only(design) -> None:
+    """The moment engine handles random intercepts: refuse slopes and structures, naming the term."""
+    if not design.blocks:
+        raise OptionError("method='moments' needs grouping factors with random intercepts, e.g. (1 | a) + (1 | b).")
+    for block in design.blocks:
+        if list(block.names) != ["(Intercept)"]:
+            raise OptionError(
+                f"method='moments' estimates random intercepts only; the term on {block.name!r} has "
+                f"{', '.join(block.names)}. Fit random slopes by (RE)ML."
+            )
+
+
+def fit_moments(spec: ModelSpec, frame: pd.DataFrame, seed: int = 0) -> MomentsRecord:
+    """Every stage of a method-of-moments fit; warns when a component is truncated at zero."""
+    if not spec.residuals.is_trivial:
+        raise OptionError("method='moments' cannot be combined with a residual structure.")
+    design = design_stage(spec, frame)
+    check_intercepts_only(design)
+    shift, inv_scale, scaling = standardisation(design.X, design.y, design.X_gram, design.X_scales)
+    check_scales(scaling, design.fixed_names, design.response_name)
+    X, y = apply_standardisation(design.X, design.y, shift, inv_scale)
+    engine = CrossedDesign(X, [b.codes for b in design.blocks], [b.n_levels for b in design.blocks])
+    try:
+        estimates = engine.estimate(y)
+    except np.linalg.LinAlgError as exc:
+        raise DataError(f"The method-of-moments fit failed: {exc}.") from exc
+    for block, cut in zip(design.blocks, estimates.truncated):
+        if cut:
+            warnings.warn(
+                f"The moment estimate of var({block.name}) was negative and is set to zero.",
+                SingularFitWarning,
+                stacklevel=4,
+            )
+    return MomentsRecord(design, engine, estimates, scaling, seed)
