@@ -94,7 +94,8 @@ def main() -> None:
         print(f"  beta: {', '.join(f'{k} {v:.5f}' for k, v in fixef.items())} (truth 1, 0.5)")
         for row in table:
             group, estimate, se = row["group"], row["estimate"], row["se"]
-            line = f"  var({group}) {estimate:.5f} (SE {se:.5f}): truth {TRUTH[group]}, z {(estimate - TRUTH[group]) / se:+.2f}"
+            z = (estimate - TRUTH[group]) / se
+            line = f"  var({group}) {estimate:.5f} (SE {se:.5f}): truth {TRUTH[group]}, z {z:+.2f}"
             if exact:
                 line += f"; exact ML {exact[group]:.5f}, z {(estimate - exact[group]) / se:+.2f}"
             print(line)
