@@ -560,6 +560,10 @@ class MomentsResults:
         """The table: GLS coefficients, moment components with bootstrap SEs (``replicates``, default 50)."""
         return Summary(text.moments_text(self.record, level, replicates, digits))
 
+    def to_dict(self, level: float = 95, replicates: int | None = None) -> dict:
+        """JSON-ready dictionary: method, counts, fixed effects with SEs, components with bootstrap SEs."""
+        return serialize.moments_dict(self.record, level, replicates)
+
     def __str__(self) -> str:
         return str(self.summary())
 

@@ -44,7 +44,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("formula", help="lme4 formula, e.g. 'y ~ x + (1 + x | g)'")
     fit.add_argument(
-        "--method", choices=["reml", "ml"], help="estimation method (default reml; ml with --family, the only one)"
+        "--method",
+        choices=["reml", "ml", "moments"],
+        help="estimation method (default reml; ml with --family, the only one; moments: crossed random "
+        "intercepts at scale)",
     )
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of the text summary")
     fit.add_argument("--ranef", action="store_true", help="with --json, include BLUPs and conditional SDs")
@@ -183,6 +186,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     for flag, given in (("--link", args.link is not None), ("--nagq", args.nagq != 1), ("--or", args.eform)):
         if given:
             raise OptionError(f"{flag} applies to generalized models only; add --family binomial or poisson.")
+    if args.method == "moments":
+        return _run_moments(args)
     data = args.data if args.engine == "duckdb" else _load(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -201,6 +206,36 @@ def _run_fit(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(ranef=args.ranef, dfmethod=args.dfmethod), indent=2))
     else:
         print(result.summary(level=args.level, scale="sd" if args.stddev else "var", dfmethod=args.dfmethod))
+    return 0
+
+
+def _run_moments(args: argparse.Namespace) -> int:
+    """``mixedfx fit ... --method moments``: method-of-moments components, GLS fixed effects."""
+    refused = {
+        "--ranef": args.ranef,
+        "--stddev": args.stddev,
+        "--dfmethod": args.dfmethod is not None,
+        "--group": args.group is not None,
+    }
+    for flag, given in refused.items():
+        if given:
+            raise OptionError(f"{flag} does not apply to --method moments.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(
+            args.formula,
+            _load(args.data),
+            method="moments",
+            weights=args.weights,
+            engine=args.engine,
+            residuals=args.residuals,
+        )
+    for w in caught:
+        print(f"mixedfx: warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(level=args.level), indent=2))
+    else:
+        print(result.summary(level=args.level))
     return 0
 
 

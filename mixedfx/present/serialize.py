@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..analysis.lrtest import lr_test_vs_linear
+from ..analysis.moments import moments_coef_table, moments_component_table
 from ..analysis.ranef import ranef_table
 from ..analysis.varcomp import varcomp_table
 from ..analysis.wald import coef_table, wald_chi2
@@ -105,3 +106,25 @@ def results_dict(result: FitRecord, ranef: bool = False, dfmethod: str | None = 
                 }
             )
     return out
+
+
+def moments_dict(record, level: float = 95, replicates: int | None = None) -> dict:
+    """A method-of-moments fit as a JSON-ready dict (the CLI's ``--json`` with ``--method moments``)."""
+    coefficients = moments_coef_table(record, level)
+    components = moments_component_table(record, level, replicates)
+    return {
+        "formula": record.formula,
+        "method": "moments",
+        "nobs": record.nobs,
+        "n_missing_dropped": record.n_missing,
+        "ngroups": {k: int(v) for k, v in record.ngroups.items()},
+        "fixef": {k: _clean(v) for k, v in coefficients["estimate"].items()},
+        "se": {k: _clean(v) for k, v in coefficients["se"].items()},
+        "components": [
+            {k: (_clean(v) if k != "group" else v) for k, v in row.items()}
+            for row in components.to_dict(orient="records")
+        ],
+        "bootstrap_replicates": int(components.attrs["replicates"]),
+        "truncated": [bool(t) for t in record.estimates.truncated],
+        "cg_iterations": int(record.estimates.cg_iterations),
+    }

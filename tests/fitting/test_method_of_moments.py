@@ -1,12 +1,15 @@
 """``fit(..., method="moments")``: against ML on simulated crossed data, the table, and refusals."""
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import mixedfx
+from mixedfx.cli import main
 from mixedfx.errors import OptionError, SingularFitWarning
 
 
@@ -83,3 +86,27 @@ def test_a_negative_component_is_set_to_zero_with_a_warning():
 def test_what_the_moment_engine_does_not_do_is_refused(crossed, formula, options, message):
     with pytest.raises(OptionError, match=message):
         mixedfx.fit(formula, crossed, method="moments", **options)
+
+
+def test_on_a_balanced_crossed_design_the_moments_are_lme4_s_reml():
+    """Penicillin (24 plates x 6 samples, one assay per cell): the moment (ANOVA) estimates equal REML's,
+    and GLS given them is REML's fixed effect with its SE."""
+    ref = json.loads((Path(__file__).parents[1] / "reference" / "penicillin_crossed_reml.json").read_text())
+    fit = mixedfx.fit(ref["formula"], mixedfx.datasets.load_penicillin(), method="moments")
+    reml = {row["grp"]: row["vcov"] for row in ref["varcorr"]}
+    for name, value in fit.components.items():
+        assert value == pytest.approx(reml[name], rel=1e-6)
+    assert fit.fixef["(Intercept)"] == pytest.approx(ref["fixef"]["(Intercept)"], rel=1e-10)
+    assert fit.se["(Intercept)"] == pytest.approx(ref["se"]["(Intercept)"], rel=1e-6)
+
+
+def test_command_line_method_moments(capsys):
+    assert main(["fit", "penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "--method", "moments"]) == 0
+    assert "method of moments" in capsys.readouterr().out
+    assert (
+        main(["fit", "penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "--method", "moments", "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "moments" and out["bootstrap_replicates"] == 50 and len(out["components"]) == 3
+    assert main(["fit", "penicillin", "diameter ~ 1 + (1 | plate)", "--method", "moments", "--stddev"]) == 2
+    assert "does not apply to --method moments" in capsys.readouterr().err
