@@ -34,6 +34,19 @@ def check_intercepts_only(design) -> None:
             )
 
 
+def check_identified(C: np.ndarray, names: list[str]) -> None:
+    """Refuse a moment system that does not separate the components (same levels under two names, ...)."""
+    scale = np.abs(C).max(axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    if np.linalg.matrix_rank(C / scale, tol=1e-10) == C.shape[0]:
+        return
+    raise DataError(
+        "The method-of-moments equations do not separate the variance components of "
+        f"{', '.join(names)} and the residual (two factors with the same levels, or a factor whose levels add "
+        "nothing within the others): drop or merge a factor."
+    )
+
+
 def fit_moments(spec: ModelSpec, frame: pd.DataFrame, seed: int = 0) -> MomentsRecord:
     """Every stage of a method-of-moments fit; warns when a component is truncated at zero."""
     if not spec.residuals.is_trivial:
@@ -44,6 +57,7 @@ def fit_moments(spec: ModelSpec, frame: pd.DataFrame, seed: int = 0) -> MomentsR
     check_scales(scaling, design.fixed_names, design.response_name)
     X, y = apply_standardisation(design.X, design.y, shift, inv_scale)
     engine = CrossedDesign(X, [b.codes for b in design.blocks], [b.n_levels for b in design.blocks])
+    check_identified(engine.C, [b.name for b in design.blocks])
     try:
         estimates = engine.estimate(y)
     except np.linalg.LinAlgError as exc:

@@ -88,11 +88,19 @@ def test_what_the_moment_engine_does_not_do_is_refused(crossed, formula, options
         mixedfx.fit(formula, crossed, method="moments", **options)
 
 
-def test_on_a_balanced_crossed_design_the_moments_are_lme4_s_reml():
-    """Penicillin (24 plates x 6 samples, one assay per cell): the moment (ANOVA) estimates equal REML's,
-    and GLS given them is REML's fixed effect with its SE."""
-    ref = json.loads((Path(__file__).parents[1] / "reference" / "penicillin_crossed_reml.json").read_text())
-    fit = mixedfx.fit(ref["formula"], mixedfx.datasets.load_penicillin(), method="moments")
+@pytest.mark.parametrize(
+    ("reference", "formula", "load"),
+    [
+        ("penicillin_crossed_reml", "diameter ~ 1 + (1 | plate) + (1 | sample)", mixedfx.datasets.load_penicillin),
+        ("pastes_nested_reml", "strength ~ 1 + (1 | batch) + (1 | cask:batch)", mixedfx.datasets.load_pastes),
+    ],
+)
+def test_on_balanced_designs_the_moments_are_lme4_s_reml(reference, formula, load):
+    """Penicillin (24 plates x 6 samples crossed, one assay per cell) and Pastes (3 casks in each of 10
+    batches, 2 samples per cask): the moment (ANOVA) estimates equal REML's, and GLS given them is
+    REML's fixed effect with its SE."""
+    ref = json.loads((Path(__file__).parents[1] / "reference" / f"{reference}.json").read_text())
+    fit = mixedfx.fit(formula, load(), method="moments")
     reml = {row["grp"]: row["vcov"] for row in ref["varcorr"]}
     for name, value in fit.components.items():
         assert value == pytest.approx(reml[name], rel=1e-6)
@@ -110,3 +118,10 @@ def test_command_line_method_moments(capsys):
     assert out["method"] == "moments" and out["bootstrap_replicates"] == 50 and len(out["components"]) == 3
     assert main(["fit", "penicillin", "diameter ~ 1 + (1 | plate)", "--method", "moments", "--stddev"]) == 2
     assert "does not apply to --method moments" in capsys.readouterr().err
+
+
+def test_factors_the_moments_cannot_separate_are_refused():
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"y": rng.normal(size=100), "g": np.arange(100) % 7})
+    with pytest.raises(mixedfx.errors.DataError, match="do not separate the variance components of g, h"):
+        mixedfx.fit("y ~ 1 + (1 | g) + (1 | h)", d.assign(h=d["g"] + 10), method="moments")
