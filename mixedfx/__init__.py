@@ -2,7 +2,7 @@
 
 from . import datasets, plots
 from .analysis.explore import autocorrelation, ols_by_group
-from .api import MixedResults, compare, fit, fit_reduced, lrtest, melogit, mepoisson, mixed
+from .api import MixedResults, MomentsResults, compare, fit, fit_reduced, lrtest, melogit, mepoisson, mixed
 from .glmm import GLMMResults, fit_glmm
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "fit_reduced",
     "mixed",
     "MixedResults",
+    "MomentsResults",
     "GLMMResults",
     "fit_glmm",
     "melogit",

@@ -46,7 +46,8 @@ def check_scaling(pwscale: str | None) -> str | None:
 
 def nesting_order(blocks: list[ReBlock]) -> list[int]:
     """The blocks' positions from the finest grouping factor to the coarsest; refuses crossed factors."""
-    order = sorted(range(len(blocks)), key=lambda b: -blocks[b].n_levels)
+    # finest first: more levels, and on a tie (one class per school) the factor written with more variables
+    order = sorted(range(len(blocks)), key=lambda b: (-blocks[b].n_levels, -len(blocks[b].factor)))
     for inner, outer in zip(order, order[1:]):
         if not nested_within(blocks[inner].factor, blocks[outer].factor):
             raise OptionError(

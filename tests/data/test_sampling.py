@@ -82,3 +82,12 @@ def test_nesting_order_refuses_crossed_factors(data):
 def test_an_empty_mapping_is_refused(data):
     with pytest.raises(OptionError, match="pweights is empty"):
         _weights(data, "y ~ 1 + (1 | school)", {}, None)
+
+
+def test_nesting_order_breaks_ties_by_the_finer_factor():
+    # one class per school: both factors have as many levels, class:school is still the finer one
+    school, klass = np.repeat(list("abcd"), 3), np.repeat(list("wxyz"), 3)
+    frame = pd.DataFrame({"y": np.arange(12.0), "school": school, "klass": klass})
+    design = build_design(parse_formula("y ~ 1 + (1 | school) + (1 | klass:school)"), frame)
+    order = nesting_order(design.blocks)
+    assert [design.blocks[b].name for b in order] == ["klass:school", "school"]
