@@ -53,7 +53,6 @@ class MomentEstimates:
     U: np.ndarray
     beta: np.ndarray
     beta_cov: np.ndarray
-    beta_ols: np.ndarray
     cg_iterations: int
 
 
@@ -82,13 +81,6 @@ class CrossedDesign:
         if values.ndim == 1:
             return np.bincount(codes, weights=values, minlength=m)
         return np.column_stack([np.bincount(codes, weights=values[:, j], minlength=m) for j in range(values.shape[1])])
-
-    def apply_A(self, k: int, v: np.ndarray) -> np.ndarray:
-        """``A_k v`` (k < K: within-level centring times sizes; k = K: ``n v - 1 1'v``), v n or n x q."""
-        if k == self.K:
-            return self.n * v - v.sum(axis=0, keepdims=v.ndim > 1)
-        counts = self.counts[k][self.codes[k]]
-        return (counts if v.ndim == 1 else counts[:, None]) * v - self._level_sums(v, k)[self.codes[k]]
 
     def residualise(self, v: np.ndarray) -> np.ndarray:
         """``R v = v - X G X'v`` (OLS residuals of v on X)."""
@@ -129,7 +121,7 @@ class CrossedDesign:
         squares_k = float(self.counts[k] @ self.counts[k])
         return squares_k - (self._cell_squares(k, l_) if l_ < K else n)
 
-    def _AX_products(self, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _AX_products(self, k: int, column_sums: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """``X' A_k X`` (p x p) and ``Z_l' A_k X`` (m_l x p) for every factor l, in chunks of rows
         (``A_k X`` is never held whole: O(chunk p) memory)."""
         p = self.p
@@ -139,7 +131,7 @@ class CrossedDesign:
             rows = slice(start, start + CHUNK_ROWS)
             X = self.X[rows]
             if k == self.K:
-                AX = self.n * X - self._column_sums
+                AX = self.n * X - column_sums  # A_e X = n X - 1 1'X
             else:
                 codes = self.codes[k][rows]
                 AX = self.counts[k][codes][:, None] * X - self.S[k][codes]
@@ -153,11 +145,11 @@ class CrossedDesign:
     def _coefficients(self) -> np.ndarray:
         """``C[k, l] = tr(A_k R Z_l Z_l' R)``, k, l over the K factors and the residual (exact, O(n p))."""
         K, G = self.K, self.G
-        self._column_sums = self.X.sum(axis=0)
+        column_sums = self.X.sum(axis=0)
         XtX = self.X.T @ self.X
         C = np.zeros((K + 1, K + 1))
         for k in range(K + 1):
-            W, ZAX = self._AX_products(k)  # X' A_k X, Z_l' A_k X
+            W, ZAX = self._AX_products(k, column_sums)  # X' A_k X, Z_l' A_k X
             for l_ in range(K + 1):
                 if l_ < K:
                     S = self.S[l_].T  # X' Z_l, p x m_l
@@ -242,11 +234,10 @@ class CrossedDesign:
         y = np.asarray(y, dtype=float)
         U = self.moments(y)
         sigma2, truncated = self.components(U)
-        beta_ols = self.G @ (self.X.T @ y)
         if sigma2[-1] <= 0:
             raise np.linalg.LinAlgError("the residual variance's moment estimate is not positive")
         beta, cov, iterations = self.gls(y, sigma2)
-        return MomentEstimates(sigma2, truncated, self.C, U, beta, cov, beta_ols, iterations)
+        return MomentEstimates(sigma2, truncated, self.C, U, beta, cov, iterations)
 
     def bootstrap_components(self, sigma2: np.ndarray, replicates: int, seed: int) -> np.ndarray:
         """Parametric-bootstrap replicates (replicates x (K+1)) of the components at ``sigma2``.

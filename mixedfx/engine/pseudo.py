@@ -68,13 +68,11 @@ class NestedWeights:
 class PseudoSolution(Solution):
     """A :class:`Solution` with the top-level clusters' pieces of the pseudo-likelihood.
 
-    ``top_S`` (m, p+1, p+1) holds each top cluster's weighted reduced cross-products
-    ``w_k S_k``, ``top_logdet`` its ``w_k logdet_k`` and ``top_count`` its ``w_k N_k``.
+    ``top_S`` (m, p+1, p+1) holds each top cluster's weighted reduced cross-products ``w_k S_k``;
+    ``count`` is ``N_w``.
     """
 
     top_S: np.ndarray | None = None
-    top_logdet: np.ndarray | None = None
-    top_count: np.ndarray | None = None
     count: float = 0.0
 
 
@@ -133,22 +131,24 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
         W = np.hstack([Z[f] for f in weights.order] + [X, y[:, None]])
         m1 = self.level_counts[finest]
         self.raw = cluster_crossproducts(W, weights.row_weights, weights.codes[finest], m1)
-        self.raw_count = np.bincount(weights.codes[finest], weights=weights.row_weights, minlength=m1)
+        raw_count = np.bincount(weights.codes[finest], weights=weights.row_weights, minlength=m1)
         self.rollups = [
             _indicator(parent, self.level_counts[weights.order[f + 1]]) for f, parent in enumerate(weights.parents)
         ]
+        self.top_counts = self._weighted_counts(raw_count)  # free of theta: made once, not per evaluation
 
-        count = self.raw_count
-        for f, factor in enumerate(weights.order):
-            count = weights.level_weights[factor] * count
+    def _weighted_counts(self, count: np.ndarray) -> np.ndarray:
+        """Each top cluster's ``w_k N_k``: the finest clusters' ``sum_i a_i`` weighted and summed up the levels."""
+        for f, factor in enumerate(self.weights.order):
+            count = self.weights.level_weights[factor] * count
             if f < len(self.rollups):
                 count = self.rollups[f] @ count
-        self.weighted_count = float(count.sum())
+        return count
 
     @property
     def n_likelihood(self) -> float:
         """``N_w = sum_k w_k sum_j w_j|k sum_i a_i`` (times ``log sigma^2``; top weights divided by their mean)."""
-        return self.weighted_count
+        return float(self.top_counts.sum())
 
     @property
     def n_top_clusters(self) -> int:
@@ -178,11 +178,10 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
         D = la.block_diag(*blocks)
         return np.einsum("ia,mij,jb->mab", D, self.raw, D, optimize=True)
 
-    def reduce(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Integrate out every level: per top cluster ``(w_k S_k, w_k logdet_k, w_k N_k)``."""
+    def reduce(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integrate out every level: per top cluster ``(w_k S_k, w_k logdet_k)`` (``w_k N_k``: ``top_counts``)."""
         C = self._transformed(np.asarray(theta, dtype=float))
         logdet = np.zeros(C.shape[0])
-        count = self.raw_count
         for f, factor in enumerate(self.weights.order):
             q = self.columns[f]
             own = C[:, :q, :q] + np.eye(q)
@@ -191,26 +190,25 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
             S = C[:, q:, q:] - np.einsum("mki,mkj->mij", T, T)
             w = self.weights.level_weights[factor]
             logdet = w * (logdet + 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1))
-            count = w * count
             S = S * w[:, None, None]
             if f == len(self.weights.order) - 1:
-                return S, logdet, count
+                return S, logdet
             roll = self.rollups[f]
             d = S.shape[1]
             C = (roll @ S.reshape(S.shape[0], d * d)).reshape(-1, d, d)
-            logdet, count = roll @ logdet, roll @ count
+            logdet = roll @ logdet
         raise AssertionError("unreachable: the loop returns at the top level")
 
     def solve(self, theta: np.ndarray, dense: bool = True) -> PseudoSolution:
         """``-2 log PL`` at ``theta`` profiled over beta and sigma^2, with the pieces that made it."""
-        S, logdet, count = self.reduce(theta)
+        S, logdet = self.reduce(theta)
         total = S.sum(axis=0)
         p = self.p
         RX = la.cholesky(total[:p, :p], lower=True)
         cb = la.solve_triangular(RX, total[:p, p], lower=True)
         beta = la.solve_triangular(RX, cb, lower=True, trans="T")
         r2 = max(float(total[p, p] - cb @ cb), 1e-300)
-        n_w = float(count.sum())
+        n_w = self.n_likelihood
         sigma2 = r2 / n_w
         logdet_sum = float(logdet.sum())
         deviance = logdet_sum + n_w * (LOG_2PI + np.log(sigma2)) + r2 / sigma2
@@ -225,8 +223,6 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
             RX=RX,
             logdet_L=logdet_sum,
             top_S=S,
-            top_logdet=logdet,
-            top_count=count,
             count=n_w,
         )
 
@@ -241,8 +237,9 @@ class PseudoLikelihoodDeviance(ProfiledDeviance):
         ``l_k = -1/2 [w_k N_k log(2 pi sigma^2) + w_k logdet_k + w_k S_k(beta) / sigma^2]`` with
         ``S_k(beta) = y'y - 2 beta'X'y + beta'X'X beta`` from the cluster's reduced cross-products.
         """
-        S, logdet, count = self.reduce(theta)
+        S, logdet = self.reduce(theta)
         p = self.p
+        count = self.top_counts
         quad = S[:, p, p] - 2.0 * S[:, :p, p] @ beta + np.einsum("i,mij,j->m", beta, S[:, :p, :p], beta)
         return -0.5 * (count * (LOG_2PI + np.log(sigma2)) + logdet + quad / sigma2)
 
