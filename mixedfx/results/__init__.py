@@ -107,8 +107,33 @@ def inverse_from_lower(RX: np.ndarray) -> np.ndarray:
     return Rinv.T @ Rinv
 
 
+class DesignFacts:
+    """What every fit record reports of its design (``self.design``): formula, counts and group sizes."""
+
+    @property
+    def formula(self) -> str:
+        return self.design.formula.text
+
+    @property
+    def nobs(self) -> int:
+        return self.design.nobs
+
+    @property
+    def n_missing(self) -> int:
+        return self.design.n_missing
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        return {b.name: b.n_levels for b in self.design.blocks}
+
+    @cached_property
+    def group_sizes(self) -> pd.DataFrame:
+        """Observations per group (min, mean, max) for each grouping factor."""
+        return group_size_table(self.design.blocks)
+
+
 @dataclass
-class FitRecord:
+class FitRecord(DesignFacts):
     """A fitted linear mixed model.
 
     Fields: ``design`` (rows, or reduced metadata; grouping blocks; names), ``deviance`` (the
@@ -186,24 +211,8 @@ class FitRecord:
             )
 
     @property
-    def formula(self) -> str:
-        return self.design.formula.text
-
-    @property
     def converged(self) -> bool:
         return bool(self.optimum.converged)
-
-    @property
-    def nobs(self) -> int:
-        return self.design.nobs
-
-    @property
-    def n_missing(self) -> int:
-        return self.design.n_missing
-
-    @property
-    def ngroups(self) -> dict[str, int]:
-        return {b.name: b.n_levels for b in self.design.blocks}
 
     @property
     def has_rows(self) -> bool:
@@ -311,8 +320,3 @@ class FitRecord:
     def singular(self) -> bool:
         """True for a boundary fit: a relative SD at zero or a correlation at +-1 (engine scale)."""
         return self.deviance.on_boundary(self.theta_engine)
-
-    @cached_property
-    def group_sizes(self) -> pd.DataFrame:
-        """Observations per group (min, mean, max) for each grouping factor."""
-        return group_size_table(self.design.blocks)

@@ -21,11 +21,11 @@ from ..data.design import Design
 from ..engine.family import Family
 from ..engine.laplace import GLMMData, GLMMOptimum
 from ..engine.stats import Scaling
-from . import VARCORR_COLUMNS, group_size_table, varcorr_rows
+from . import VARCORR_COLUMNS, DesignFacts, varcorr_rows
 
 
 @dataclass
-class GLMMRecord:
+class GLMMRecord(DesignFacts):
     """A fitted GLMM: the design, the family, the optimum and everything derived from them."""
 
     design: Design
@@ -39,10 +39,6 @@ class GLMMRecord:
 
     # ------------------------------------------------------------------ what was fitted
     @property
-    def formula(self) -> str:
-        return self.design.formula.text
-
-    @property
     def nagq(self) -> int:
         return self.optimum.nagq
 
@@ -54,22 +50,6 @@ class GLMMRecord:
         if self.nagq == 1:
             return "Laplace"
         return f"adaptive Gauss-Hermite quadrature ({self.nagq} points)"
-
-    @property
-    def nobs(self) -> int:
-        return self.design.nobs
-
-    @property
-    def n_missing(self) -> int:
-        return self.design.n_missing
-
-    @property
-    def ngroups(self) -> dict[str, int]:
-        return {b.name: b.n_levels for b in self.design.blocks}
-
-    @cached_property
-    def group_sizes(self) -> pd.DataFrame:
-        return group_size_table(self.design.blocks)
 
     @property
     def converged(self) -> bool:

@@ -15,14 +15,14 @@ import pandas as pd
 from ..data.design import Design
 from ..engine.moments import CrossedDesign, MomentEstimates
 from ..engine.stats import Scaling
-from . import group_size_table
+from . import DesignFacts
 
 #: Parametric-bootstrap replicates of the components made for their SEs unless asked otherwise.
 BOOTSTRAP_REPLICATES = 50
 
 
 @dataclass
-class MomentsRecord:
+class MomentsRecord(DesignFacts):
     """A fitted random-intercepts model by the method of moments (Gao & Owen) with GLS fixed effects."""
 
     design: Design
@@ -35,26 +35,6 @@ class MomentsRecord:
     method = "moments"
     reml = False
     pseudo = False
-
-    @property
-    def nobs(self) -> int:
-        return self.design.nobs
-
-    @property
-    def n_missing(self) -> int:
-        return self.design.n_missing
-
-    @property
-    def formula(self) -> str:
-        return self.design.formula.text
-
-    @property
-    def ngroups(self) -> dict[str, int]:
-        return {b.name: b.n_levels for b in self.design.blocks}
-
-    @property
-    def group_sizes(self) -> pd.DataFrame:
-        return group_size_table(self.design.blocks)
 
     @property
     def fixef(self) -> pd.Series:
