@@ -305,15 +305,25 @@ def _check_variables(record, names: Iterable[str], option: str, derived_from: It
 
 
 def _set_values(frame: pd.DataFrame, values: Mapping[str, object], derive) -> pd.DataFrame:
-    """A copy of ``frame`` with every row's ``values`` set (categoricals keep their categories), then ``derive``."""
+    """A copy of ``frame`` with ``values`` set (one value for every row, or one per row; categoricals keep
+    their categories), then ``derive``."""
     out = frame.copy()
     for name, value in values.items():
         column = frame[name]
         if isinstance(column.dtype, pd.CategoricalDtype):
-            out[name] = pd.Categorical([value] * len(frame), categories=column.cat.categories)
+            data = value if _is_listlike(value) else [value] * len(frame)
+            out[name] = pd.Categorical(data, categories=column.cat.categories)
         else:
             out[name] = value
     return derive(out) if derive is not None else out
+
+
+def _linear_predictor(record, frame: pd.DataFrame, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, eta)`` of ``frame``'s rows: the fixed-effects design and ``X beta`` plus any offset."""
+    X = fixed_matrix(record, frame)
+    eta = X @ beta
+    offset = offset_values(record.design.formula, frame)
+    return X, (eta if offset is None else eta + offset)
 
 
 def _mean_gradient(record, frame: pd.DataFrame, prediction: Prediction, beta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -321,12 +331,7 @@ def _mean_gradient(record, frame: pd.DataFrame, prediction: Prediction, beta: np
     n = len(frame)
     total, gradient = 0.0, np.zeros(beta.size)
     for start in range(0, n, MARGIN_CHUNK):
-        part = frame.iloc[start : start + MARGIN_CHUNK]
-        X = fixed_matrix(record, part)
-        eta = X @ beta
-        offset = offset_values(record.design.formula, part)
-        if offset is not None:
-            eta = eta + offset
+        X, eta = _linear_predictor(record, frame.iloc[start : start + MARGIN_CHUNK], beta)
         total += float(prediction.mean(eta).sum())
         gradient += X.T @ prediction.slope(eta)
     return total / n, gradient / n
@@ -406,10 +411,10 @@ def marginal_effects(
     beta = record.fixef.to_numpy()
     cells, estimates, jacobians = [], [], []
     for name in names:
+        # the derivative's step: a fixed fraction of the variable's spread (None for a factor)
+        step = None if name in factors else _derivative_step(record.design.data[name])
         for key, values, rows in _cells(record, at, over, derive):
-            for label, estimate, gradient in _effects(
-                record, rows, name, name in factors, values, prediction, beta, derive
-            ):
+            for label, estimate, gradient in _effects(record, rows, name, step, values, prediction, beta, derive):
                 cells.append({"term": name, "contrast": label, **key, **values})
                 estimates.append(estimate)
                 jacobians.append(gradient)
@@ -417,17 +422,22 @@ def marginal_effects(
     return _margins(record, cells, estimates, jacobians, level, "Average marginal effects", prediction, columns)
 
 
-def _effects(record, rows, name, is_factor, values, prediction, beta, derive):
-    """(label, effect, gradient) of ``name`` on ``rows``: dy/dx, or each level minus the base level."""
-    if is_factor:
+def _derivative_step(column: pd.Series) -> float:
+    """Central-difference step for dy/dx: 1e-4 of the variable's SD (exact for terms up to quadratic)."""
+    return 1e-4 * max(float(np.std(column.to_numpy(dtype=float))), 1e-8)
+
+
+def _effects(record, rows, name, step, values, prediction, beta, derive):
+    """(label, effect, gradient) of ``name`` on ``rows``: dy/dx (``step`` given), or, for a factor
+    (``step`` None), each level minus the base level."""
+    if step is None:
         levels = factor_levels(record, name)
         base = _mean_gradient(record, _set_values(rows, {**values, name: levels[0]}, derive), prediction, beta)
         for level in levels[1:]:
             other = _mean_gradient(record, _set_values(rows, {**values, name: level}, derive), prediction, beta)
             yield f"{level} - {levels[0]}", other[0] - base[0], other[1] - base[1]
         return
-    x = (_set_values(rows, values, None) if values else rows)[name].to_numpy(dtype=float)
-    step = 1e-4 * max(float(np.std(record.design.data[name].to_numpy(dtype=float))), 1e-8)
+    x = np.full(len(rows), float(values[name])) if name in values else rows[name].to_numpy(dtype=float)
     up = _mean_gradient(record, _set_values(rows, {**values, name: x + step}, derive), prediction, beta)
     down = _mean_gradient(record, _set_values(rows, {**values, name: x - step}, derive), prediction, beta)
     yield "dy/dx", (up[0] - down[0]) / (2 * step), (up[1] - down[1]) / (2 * step)
@@ -470,17 +480,9 @@ def estimated_marginal_means(
             raise OptionError(f"{name!r} is numeric: give its values with at={{{name!r}: [...]}} to use it in specs.")
     grid = _grid(axes)
     averaged = [n for n in factors if n not in specs and n not in at]
-    frame = pd.DataFrame(index=pd.RangeIndex(len(grid)))
-    for name in grid.columns:
-        frame = _set_values_column(frame, name, grid[name].to_numpy(), data[name])
-    if derive is not None:
-        frame = derive(frame)
-    beta = record.fixef.to_numpy()
-    X = fixed_matrix(record, frame)
-    eta = X @ beta
-    offset = offset_values(record.design.formula, frame)
-    if offset is not None:
-        eta = eta + offset
+    template = data[list(grid.columns)].iloc[[0] * len(grid)].reset_index(drop=True)  # the data's column types
+    frame = _set_values(template, {name: grid[name].to_numpy() for name in grid.columns}, derive)
+    X, eta = _linear_predictor(record, frame, record.fixef.to_numpy())
     cell_weights = _grid_weights(data, grid, averaged, weights)
     cells, estimates, jacobians = [], [], []
     for key, rows in grid.groupby(specs, sort=False):
@@ -501,16 +503,6 @@ def estimated_marginal_means(
         [jacobians[i] for i in order],
     )
     return _margins(record, cells, estimates, jacobians, level, "Estimated marginal means", prediction, specs)
-
-
-def _set_values_column(frame: pd.DataFrame, name: str, values: np.ndarray, like: pd.Series) -> pd.DataFrame:
-    """``frame`` with column ``name`` replaced by ``values`` (as a categorical when ``like`` is one)."""
-    out = frame.copy()
-    if isinstance(like.dtype, pd.CategoricalDtype):
-        out[name] = pd.Categorical(values, categories=like.cat.categories)
-    else:
-        out[name] = values
-    return out
 
 
 def _grid_weights(data: pd.DataFrame, grid: pd.DataFrame, averaged: list[str], weights: str) -> np.ndarray:
