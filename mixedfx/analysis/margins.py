@@ -8,7 +8,7 @@ sandwich of a fit with sampling weights):
   ``m = (1/n) sum_i h(x_i^at' beta)`` over the estimation rows (or a subgroup, ``over``) with
   the ``at`` variables set to the given values, ``J = (1/n) sum_i h'(eta_i) x_i^at``;
 - average marginal effect of a continuous ``x`` (``margins, dydx(x)``): ``(1/n) sum_i dh/dx``
-  by central differences of the design (exact for polynomials in ``x``); of a factor, the
+  by central differences of the design (exact for terms up to quadratic in ``x``); of a factor, the
   average discrete change of each level from the base level;
 - estimated marginal means (emmeans): predictions on the reference grid (every level of every
   factor, numeric covariates at their means) averaged over the factors not in ``specs`` with
