@@ -249,6 +249,9 @@ def test_text_in_a_weight_column_is_refused(small):
         ({"weights": "a"}, OptionError, "either weights"),
         ({"engine": "duckdb"}, OptionError, "rows in memory"),
         ({"pweights": None, "pwscale": "size"}, OptionError, "pwscale scales sampling weights"),
+        ({"pweights": ["a", "ws"]}, OptionError, "pweights must map ''"),
+        ({"pweights": {"": 3}}, OptionError, r"pweights\[''\] must name a column of the data, not int"),
+        ({"pweights": {}}, OptionError, "pweights is empty"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(small, options, error, message):
