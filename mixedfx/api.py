@@ -488,9 +488,22 @@ def fit(
         factors, rows in memory.
     """
     if str(method).strip().lower() == "moments":
-        return _fit_moments(formula, data, engine, weights, covariance, missing, residuals, pweights, family)
+        unsupported = {
+            "weights": weights,
+            "pweights": pweights,
+            "pwscale": pwscale,
+            "family": family,
+            "link": link,
+            "residuals": residuals,
+            "variance": variance,
+            "group": group,
+            "start": start,
+        }
+        return _fit_moments(formula, data, engine, covariance, missing, unsupported)
     if family is not None:
         _check_glmm_options(engine, residuals, variance, group, start)
+        if pweights is not None or pwscale is not None:
+            raise OptionError("Sampling weights (pweights, pwscale) are for linear mixed models, not GLMMs, yet.")
         return fit_glmm(formula, data, family, link, nagq, weights, missing, covariance)
     engine = _choose_engine(engine, data)
     spec = model_spec(formula, method, covariance, residuals, variance, group, missing)
@@ -516,9 +529,9 @@ def fit(
     return result
 
 
-def _fit_moments(formula, data, engine, weights, covariance, missing, residuals, pweights, family) -> MomentsResults:
-    """A method-of-moments fit (see :func:`fit`), after the option checks."""
-    for name, given in (("weights", weights), ("pweights", pweights), ("family", family), ("residuals", residuals)):
+def _fit_moments(formula, data, engine, covariance, missing, unsupported: dict) -> MomentsResults:
+    """A method-of-moments fit (see :func:`fit`), after refusing the options it does not take."""
+    for name, given in unsupported.items():
         if given is not None:
             raise OptionError(f"method='moments' does not take {name} yet.")
     if _choose_engine(engine, data) != "memory":

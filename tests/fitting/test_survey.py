@@ -252,6 +252,7 @@ def test_text_in_a_weight_column_is_refused(small):
         ({"pweights": ["a", "ws"]}, OptionError, "pweights must map ''"),
         ({"pweights": {"": 3}}, OptionError, r"pweights\[''\] must name a column of the data, not int"),
         ({"pweights": {}}, OptionError, "pweights is empty"),
+        ({"family": "poisson"}, OptionError, "not GLMMs"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(small, options, error, message):
