@@ -636,6 +636,8 @@ def mixed(command: str, data: pd.DataFrame | str | Path, **fit_options: object) 
     if frame.empty:
         raise DataError("The if/in qualifiers select no observations (Stata: no observations).")
     if spec["family"] is not None:
+        if spec["pweights"] is not None or spec["pwscale"] is not None:
+            raise OptionError(f"{command.split()[0]} does not take sampling weights ([pw=], pweight(), pwscale()) yet.")
         if fit_options:
             raise OptionError(f"{command.split()[0]} takes its options in the command, not {', '.join(fit_options)}.")
         return stata_glmm(spec, frame, command)

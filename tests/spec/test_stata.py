@@ -230,3 +230,9 @@ def test_cli_runs_post_commands_and_draws_marginsplot(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     assert main(["stata", "exam", "mixed gcse lrt || school:", "--post", "margins, bogus"]) == 2
     assert "Unknown margins option 'bogus'" in capsys.readouterr().err
+
+
+def test_generalized_commands_refuse_sampling_weights():
+    data = mixedfx.datasets.load("cbpp").assign(w=1.0)
+    with pytest.raises(OptionError, match="melogit does not take sampling weights"):
+        mixedfx.mixed("melogit incidence i.period [pw=w] || herd:, binomial(size)", data)
