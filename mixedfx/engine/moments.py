@@ -29,6 +29,13 @@ components (Ghosh, Hastie & Owen 2022 solve the same system by backfitting).
 Standard errors of the components come from a parametric bootstrap that redraws the random
 effects and errors and recomputes U (each replicate O(n); no refit of beta is needed because
 U depends on y only through ``r = R y``).
+
+The units of the computation are *cells*: rows, or groups of rows that share every factor's
+level (an out-of-core reduction, :mod:`mixedfx.data.reduce.cells`).  Everything above is a sum over
+cells of ``n_c``, ``sum x``, ``sum x x'``, ``sum y``, ``sum y^2`` and ``sum x y``; a cell of one row
+needs only its ``x`` and ``y``.  The bootstrap draws a cell's error sums exactly: with
+``W_c = [1 X_c]`` (its rows), ``z = W_c'e ~ N(0, s_e^2 W_c'W_c)`` and
+``e'e = z'(W_c'W_c)^+ z + s_e^2 chi2(n_c - rank W_c)``, the two independent.
 """
 
 from __future__ import annotations
@@ -56,49 +63,143 @@ class MomentEstimates:
     cg_iterations: int
 
 
-class CrossedDesign:
-    """Rows with K grouping factors (random intercepts) and fixed effects X, reduced to level sums.
+@dataclass
+class CellSums:
+    """Cells of several rows: their row counts ``n`` and sums ``sum x x'`` (packed upper triangle,
+    ``cells x p(p+1)/2``), in the order of the design's units where ``n > 1`` (``index``)."""
 
-    ``codes[k]`` gives each row's level of factor k (0 .. m_k - 1); ``X`` is n x p.
+    index: np.ndarray
+    n: np.ndarray
+    xx: np.ndarray
+
+
+@dataclass
+class ResponseSums:
+    """The response per unit: ``y`` (a row's value, a cell's sum) and, for the cells of several rows
+    (:class:`CellSums`' order), ``sum y^2`` and ``sum x y`` (cells x p)."""
+
+    y: np.ndarray
+    yy: np.ndarray
+    xy: np.ndarray
+
+
+def _packed_pairs(p: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(p)
+
+
+def unpack_symmetric(packed: np.ndarray, p: int) -> np.ndarray:
+    """The p x p symmetric matrix whose upper triangle (row-major) is ``packed``."""
+    out = np.zeros((p, p))
+    out[_packed_pairs(p)] = packed
+    return out + np.triu(out, 1).T
+
+
+def packed_quadratic(packed: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """``gamma' M_c gamma`` for each packed symmetric ``M_c`` (rows of ``packed``)."""
+    i, j = _packed_pairs(gamma.size)
+    weights = np.where(i == j, 1.0, 2.0) * gamma[i] * gamma[j]
+    return packed @ weights
+
+
+class CrossedDesign:
+    """Units (rows, or cells of rows sharing all levels) with K grouping factors (random intercepts)
+    and fixed effects, reduced to level sums.
+
+    ``codes[k]`` gives each unit's level of factor k (0 .. m_k - 1); ``X`` is units x p (a cell's
+    ``sum x``); ``cells`` describes the units of more than one row (None: every unit is a row).
     """
 
-    def __init__(self, X: np.ndarray, codes: list[np.ndarray], levels: list[int]):
+    def __init__(self, X: np.ndarray, codes: list[np.ndarray], levels: list[int], cells: CellSums | None = None):
         self.X = np.asarray(X, dtype=float)
-        self.n, self.p = self.X.shape
+        self.n_units, self.p = self.X.shape
         self.codes = [np.asarray(c, dtype=np.int64) for c in codes]
         self.levels = list(levels)
         self.K = len(codes)
-        self.counts = [np.bincount(c, minlength=m).astype(float) for c, m in zip(self.codes, self.levels)]
-        self.G = np.linalg.inv(self.X.T @ self.X)  # p x p, p small: the OLS normal equations
+        self.multi = cells if cells is not None and cells.index.size else None
+        self.unit_n = None  # rows per unit; None when every unit is one row
+        if self.multi is not None:
+            self.unit_n = np.ones(self.n_units)
+            self.unit_n[self.multi.index] = self.multi.n
+        self.n = self.n_units if self.unit_n is None else int(round(self.unit_n.sum()))
+        self.counts = [self._level_sums(self._ones(), k) for k in range(self.K)]
+        self.XtX = self.weighted_gram(np.ones(self.n_units))
+        self.G = np.linalg.inv(self.XtX)  # p x p, p small: the OLS normal equations
         self._cells: dict[tuple[int, int], sp.csr_matrix] = {}
+        self._gram_factors: tuple[np.ndarray, np.ndarray] | None = None
         self.S = [self._level_sums(self.X, k) for k in range(self.K)]  # m_k x p
         self.C = self._coefficients()
 
     # ------------------------------------------------------------------ operators
+    def _ones(self) -> np.ndarray:
+        """Rows per unit (ones for rows)."""
+        return np.ones(self.n_units) if self.unit_n is None else self.unit_n
+
     def _level_sums(self, values: np.ndarray, k: int) -> np.ndarray:
-        """Sums of ``values`` (n or n x q) over the rows of each level of factor k."""
+        """Sums of ``values`` (units or units x q) over the units of each level of factor k."""
         codes, m = self.codes[k], self.levels[k]
         if values.ndim == 1:
             return np.bincount(codes, weights=values, minlength=m)
         return np.column_stack([np.bincount(codes, weights=values[:, j], minlength=m) for j in range(values.shape[1])])
 
-    def residualise(self, v: np.ndarray) -> np.ndarray:
-        """``R v = v - X G X'v`` (OLS residuals of v on X)."""
-        return v - self.X @ (self.G @ (self.X.T @ v))
+    def weighted_gram(self, v: np.ndarray) -> np.ndarray:
+        """``sum_units v_c (sum x x')_c`` (p x p), in chunks of rows."""
+        p = self.p
+        out = np.zeros((p, p))
+        single = v if self.multi is None else np.where(self.unit_n == 1, v, 0.0)
+        for start in range(0, self.n_units, CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            X = self.X[rows]
+            out += X.T @ (single[rows, None] * X)
+        if self.multi is not None:
+            out += unpack_symmetric(v[self.multi.index] @ self.multi.xx, p)
+        return out
 
-    def quadratic(self, k: int, r: np.ndarray) -> float:
-        """``U_k = r' A_k r`` in one pass of level sums."""
+    def response(self, y: np.ndarray) -> ResponseSums:
+        """:class:`ResponseSums` of a response given row by row (every unit a row)."""
+        if self.multi is not None:
+            raise ValueError("this design's units are cells: give the response as ResponseSums")
+        y = np.asarray(y, dtype=float)
+        return ResponseSums(y, np.zeros(0), np.zeros((0, self.p)))
+
+    def _as_response(self, y) -> ResponseSums:
+        return y if isinstance(y, ResponseSums) else self.response(y)
+
+    def cross_products(self, y) -> np.ndarray:
+        """``X'y`` (p)."""
+        y = self._as_response(y)
+        if self.multi is None:
+            return self.X.T @ y.y
+        single = np.where(self.unit_n == 1, y.y, 0.0)
+        return self.X.T @ single + y.xy.sum(axis=0)
+
+    def residual_sums(self, y) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit, the sums of the OLS residuals ``r = y - X G X'y`` and of their squares."""
+        y = self._as_response(y)
+        gamma = self.G @ self.cross_products(y)
+        r = y.y - self.X @ gamma
+        r2 = r * r
+        if self.multi is not None:  # sum r^2 = sum y^2 - 2 gamma' sum x y + gamma' (sum x x') gamma
+            idx = self.multi.index
+            r2[idx] = y.yy - 2.0 * (y.xy @ gamma) + packed_quadratic(self.multi.xx, gamma)
+        return r, r2
+
+    def quadratic(self, k: int, r: np.ndarray, r2: np.ndarray) -> float:
+        """``U_k = r' A_k r`` from the units' residual sums ``r`` and sums of squares ``r2``."""
         if k == self.K:
-            return float(self.n * (r @ r) - r.sum() ** 2)
+            return float(self.n * r2.sum() - r.sum() ** 2)
         sums = self._level_sums(r, k)
-        return float(self._level_sums(r * r, k) @ self.counts[k] - sums @ sums)
+        return float(self._level_sums(r2, k) @ self.counts[k] - sums @ sums)
 
     # ------------------------------------------------------------------ the moment system
     def cells(self, k: int, l_: int) -> sp.csr_matrix:
         """``Z_k' Z_l``: the m_k x m_l counts of the cross-classification (sorted once per pair, kept)."""
         if (k, l_) not in self._cells:
             key = self.codes[k] * self.levels[l_] + self.codes[l_]
-            unique, counts = np.unique(key, return_counts=True)
+            if self.unit_n is None:
+                unique, counts = np.unique(key, return_counts=True)
+            else:
+                unique, inverse = np.unique(key, return_inverse=True)
+                counts = np.bincount(inverse, weights=self.unit_n)
             del key
             shape = (self.levels[k], self.levels[l_])
             rows, cols = np.divmod(unique, self.levels[l_])
@@ -122,20 +223,25 @@ class CrossedDesign:
         return squares_k - (self._cell_squares(k, l_) if l_ < K else n)
 
     def _AX_products(self, k: int, column_sums: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """``X' A_k X`` (p x p) and ``Z_l' A_k X`` (m_l x p) for every factor l, in chunks of rows
-        (``A_k X`` is never held whole: O(chunk p) memory)."""
-        p = self.p
-        W = np.zeros((p, p))
+        """``X' A_k X`` (p x p) and ``Z_l' A_k X`` (m_l x p) for every factor l, in chunks of units.
+
+        Per unit c (rows ``i``), ``sum_i (A_k X)_i = N_k(c) sum x - n_c S_k[c]`` (``A_e``:
+        ``n sum x - n_c 1'X``), and ``X' A_k X = sum_c N_k(c) (sum x x')_c - S_k'S_k``.
+        """
+        p, ones = self.p, self._ones()
+        if k == self.K:
+            W = self.n * self.XtX - np.outer(column_sums, column_sums)
+        else:
+            W = self.weighted_gram(self.counts[k][self.codes[k]]) - self.S[k].T @ self.S[k]
         ZAX = [np.zeros((m, p)) for m in self.levels]
-        for start in range(0, self.n, CHUNK_ROWS):
+        for start in range(0, self.n_units, CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)
-            X = self.X[rows]
+            X, n_c = self.X[rows], ones[rows, None]
             if k == self.K:
-                AX = self.n * X - column_sums  # A_e X = n X - 1 1'X
+                AX = self.n * X - n_c * column_sums
             else:
                 codes = self.codes[k][rows]
-                AX = self.counts[k][codes][:, None] * X - self.S[k][codes]
-            W += X.T @ AX
+                AX = self.counts[k][codes][:, None] * X - n_c * self.S[k][codes]
             for l_ in range(self.K):
                 codes_l = self.codes[l_][rows]
                 for j in range(p):
@@ -146,7 +252,6 @@ class CrossedDesign:
         """``C[k, l] = tr(A_k R Z_l Z_l' R)``, k, l over the K factors and the residual (exact, O(n p))."""
         K, G = self.K, self.G
         column_sums = self.X.sum(axis=0)
-        XtX = self.X.T @ self.X
         C = np.zeros((K + 1, K + 1))
         for k in range(K + 1):
             W, ZAX = self._AX_products(k, column_sums)  # X' A_k X, Z_l' A_k X
@@ -155,14 +260,14 @@ class CrossedDesign:
                     S = self.S[l_].T  # X' Z_l, p x m_l
                     cross, Q = np.trace(G @ (S @ ZAX[l_])), S @ S.T
                 else:  # Z_e = I: X' A_k X and X'X
-                    cross, Q = np.trace(G @ W), XtX
+                    cross, Q = np.trace(G @ W), self.XtX
                 C[k, l_] = self._trace_ZAZ(k, l_) - 2.0 * cross + np.trace(G @ W @ G @ Q)
         return C
 
-    def moments(self, y: np.ndarray) -> np.ndarray:
-        """``(U_1, ..., U_K, U_e)`` of the OLS residuals of y."""
-        r = self.residualise(np.asarray(y, dtype=float))
-        return np.array([self.quadratic(k, r) for k in range(self.K + 1)])
+    def moments(self, y) -> np.ndarray:
+        """``(U_1, ..., U_K, U_e)`` of the OLS residuals of y (a row vector or :class:`ResponseSums`)."""
+        r, r2 = self.residual_sums(y)
+        return np.array([self.quadratic(k, r, r2) for k in range(self.K + 1)])
 
     def components(self, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Solve ``C s = U``; a negative component is set to zero and the others re-solved without its unknown
@@ -196,20 +301,21 @@ class CrossedDesign:
         size = int(offsets[-1])
         return spla.LinearOperator((size, size), matvec=matvec, dtype=float), diagonal, offsets
 
-    def gls(self, y: np.ndarray, sigma2: np.ndarray, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, int]:
+    def gls(self, y, sigma2: np.ndarray, tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, int]:
         """``(beta, Cov(beta), CG iterations)``: GLS with ``V = s_e^2 I + sum_k s_k^2 Z_k Z_k'``.
 
         ``X'V^{-1}[X y] = (X'[X y] - sum_k S_k' w_k) / s_e^2`` with ``K w = Z'[X y]`` (level sums):
         after the level sums no n-vector is needed.
         """
+        y = self._as_response(y)
         s_e2 = float(sigma2[-1])
         keep = [k for k in range(self.K) if sigma2[k] > 0]
-        XtXY = np.column_stack([self.X.T @ self.X, self.X.T @ y])  # p x (p + 1)
+        XtXY = np.column_stack([self.XtX, self.cross_products(y)])  # p x (p + 1)
         iterations = 0
         if keep:
             system, diagonal, offsets = self._system(keep, sigma2)
             precond = spla.LinearOperator(system.shape, matvec=lambda v: np.ravel(v) / diagonal, dtype=float)
-            ZtXY = np.vstack([np.column_stack([self.S[k], self._level_sums(y, k)]) for k in keep])  # Q x (p + 1)
+            ZtXY = np.vstack([np.column_stack([self.S[k], self._level_sums(y.y, k)]) for k in keep])  # Q x (p + 1)
             W = np.empty_like(ZtXY)
             for j in range(ZtXY.shape[1]):
                 count = [0]
@@ -229,9 +335,9 @@ class CrossedDesign:
         cov = np.linalg.inv(XtViX)
         return cov @ XtViy, 0.5 * (cov + cov.T), iterations
 
-    def estimate(self, y: np.ndarray) -> MomentEstimates:
+    def estimate(self, y) -> MomentEstimates:
         """Components from the moments of y's OLS residuals, then GLS fixed effects."""
-        y = np.asarray(y, dtype=float)
+        y = self._as_response(y)
         U = self.moments(y)
         sigma2, truncated = self.components(U)
         if sigma2[-1] <= 0:
@@ -239,18 +345,59 @@ class CrossedDesign:
         beta, cov, iterations = self.gls(y, sigma2)
         return MomentEstimates(sigma2, truncated, self.C, U, beta, cov, iterations)
 
-    def bootstrap_components(self, sigma2: np.ndarray, replicates: int, seed: int) -> np.ndarray:
-        """Parametric-bootstrap replicates (replicates x (K+1)) of the components at ``sigma2``.
+    # ------------------------------------------------------------------ parametric bootstrap
+    def _cell_error_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """For the cells of several rows: ``F_c`` ((p+1) x (p+1), ``F_c F_c' = W_c'W_c`` with
+        ``W_c = [1 X_c]``; columns beyond the rank zero) and the rank (computed once)."""
+        if self._gram_factors is None:
+            cells, p = self.multi, self.p
+            gram = np.empty((cells.index.size, p + 1, p + 1))
+            gram[:, 0, 0] = cells.n
+            gram[:, 0, 1:] = gram[:, 1:, 0] = self.X[cells.index]
+            i, j = _packed_pairs(p)
+            gram[:, 1 + i, 1 + j] = gram[:, 1 + j, 1 + i] = cells.xx
+            values, vectors = np.linalg.eigh(gram)  # ascending
+            values, vectors = values[:, ::-1], vectors[:, :, ::-1]
+            positive = values > 1e-12 * values[:, :1]
+            factor = vectors * np.sqrt(np.where(positive, values, 0.0))[:, None, :]
+            self._gram_factors = (factor, positive.sum(axis=1))
+        return self._gram_factors
 
-        Each replicate draws ``sum_k Z_k u_k + e`` (beta does not matter: U uses residuals on X)
-        and solves the moment system again.
-        """
+    def simulate_response(self, sigma2: np.ndarray, rng: np.random.Generator) -> ResponseSums:
+        """One draw of ``sum_k Z_k u_k + e`` as :class:`ResponseSums` (beta does not matter: U uses
+        residuals on X).  A cell's error sums ``(sum e, sum x e)`` are ``s_e F_c xi`` and
+        ``sum e^2 = s_e^2 (|xi_rank|^2 + chi2(n_c - rank))`` (module docstring)."""
+        s_e = np.sqrt(sigma2[-1])
+        mean = np.zeros(self.n_units)
+        for k in range(self.K):
+            if sigma2[k] > 0:
+                mean += rng.normal(scale=np.sqrt(sigma2[k]), size=self.levels[k])[self.codes[k]]
+        if self.multi is None:
+            return self.response(mean + rng.normal(scale=s_e, size=self.n_units))
+        cells = self.multi
+        factor, rank = self._cell_error_factors()
+        xi = rng.normal(size=(cells.index.size, self.p + 1))
+        z = s_e * np.einsum("cab,cb->ca", factor, xi)
+        used = np.arange(self.p + 1)[None, :] < rank[:, None]
+        ee = (xi * xi * used).sum(axis=1)
+        extra = cells.n - rank  # the errors' part orthogonal to the cell's columns
+        more = extra > 0
+        ee[more] += rng.chisquare(extra[more])
+        ee *= sigma2[-1]
+        single = self.unit_n == 1
+        y = mean * self._ones()
+        y[single] += rng.normal(scale=s_e, size=int(single.sum()))
+        mu = mean[cells.index]
+        y[cells.index] += z[:, 0]
+        yy = cells.n * mu * mu + 2.0 * mu * z[:, 0] + ee
+        xy = self.X[cells.index] * mu[:, None] + z[:, 1:]
+        return ResponseSums(y, yy, xy)
+
+    def bootstrap_components(self, sigma2: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+        """Parametric-bootstrap replicates (replicates x (K+1)) of the components at ``sigma2``:
+        each replicate draws the response (:meth:`simulate_response`) and solves the moment system again."""
         rng = np.random.default_rng(seed)
         out = np.empty((replicates, self.K + 1))
         for b in range(replicates):
-            y = rng.normal(scale=np.sqrt(sigma2[-1]), size=self.n)
-            for k in range(self.K):
-                if sigma2[k] > 0:
-                    y += rng.normal(scale=np.sqrt(sigma2[k]), size=self.levels[k])[self.codes[k]]
-            out[b] = self.components(self.moments(y))[0]
+            out[b] = self.components(self.moments(self.simulate_response(sigma2, rng)))[0]
         return out

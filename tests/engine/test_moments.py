@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mixedfx.engine.moments import CrossedDesign
+from mixedfx.engine.moments import CellSums, CrossedDesign, ResponseSums
 
 
 def _design(seed: int, nested: bool = False, n: int = 240):
@@ -118,3 +118,57 @@ def test_chunked_products_equal_one_pass(monkeypatch):
     whole = CrossedDesign(X, codes, levels).C
     monkeypatch.setattr(moments, "CHUNK_ROWS", 17)
     np.testing.assert_allclose(CrossedDesign(X, codes, levels).C, whole, rtol=1e-12)
+
+
+def _as_cells(X, codes, levels, y):
+    """The rows grouped into cells (units sharing every level): the cell design and its response sums."""
+    key = np.ravel_multi_index(codes, levels)
+    unique, inverse = np.unique(key, return_inverse=True)
+    p, m = X.shape[1], unique.size
+    n = np.bincount(inverse, minlength=m).astype(float)
+    sx = np.column_stack([np.bincount(inverse, X[:, j], m) for j in range(p)])
+    i, j = np.triu_indices(p)
+    xx = np.column_stack([np.bincount(inverse, X[:, a] * X[:, b], m) for a, b in zip(i, j)])
+    sy, syy = np.bincount(inverse, y, m), np.bincount(inverse, y * y, m)
+    sxy = np.column_stack([np.bincount(inverse, X[:, j] * y, m) for j in range(p)])
+    cell_codes = list(np.unravel_index(unique, levels))
+    multi = np.flatnonzero(n > 1)
+    cells = CellSums(multi, n[multi], xx[multi])
+    return CrossedDesign(sx, cell_codes, levels, cells), ResponseSums(sy, syy[multi], sxy[multi])
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_cells_give_the_rows_moments_and_gls(nested):
+    rng, X, codes, levels = _design(7, nested, n=60 if nested else 250)  # some cells of one row
+    y = X @ [1.0, 0.5, -0.3] + rng.normal(size=levels[0])[codes[0]] + rng.normal(size=levels[1])[codes[1]]
+    y += rng.normal(size=y.size)
+    rows = CrossedDesign(X, codes, levels)
+    cells, sums = _as_cells(X, codes, levels, y)
+    assert cells.n_units < rows.n_units and cells.multi is not None and (cells.unit_n == 1).any()
+    assert cells.n == rows.n
+    np.testing.assert_allclose(cells.C, rows.C, rtol=1e-10)
+    np.testing.assert_allclose(cells.moments(sums), rows.moments(y), rtol=1e-10)
+    sigma2 = np.array([0.9, 0.4, 1.1])
+    for one, two in zip(cells.gls(sums, sigma2)[:2], rows.gls(y, sigma2)[:2]):
+        np.testing.assert_allclose(one, two, rtol=1e-9)
+    with pytest.raises(ValueError, match="ResponseSums"):
+        cells.moments(y)
+
+
+def test_cell_bootstrap_draws_the_rows_distribution():
+    """Cells' error sums drawn from their Gram factors: the moments' mean is C s (exact) and their
+    spread that of the row-by-row bootstrap."""
+    rng, X, codes, levels = _design(9, n=900)
+    X = X[:, :2]
+    rows = CrossedDesign(X, codes, levels)
+    cells, _ = _as_cells(X, codes, levels, np.zeros(X.shape[0]))
+    sigma2 = np.array([0.8, 0.5, 1.2])
+    draws = {}
+    for name, design in (("rows", rows), ("cells", cells)):
+        gen = np.random.default_rng(5)
+        draws[name] = np.array([design.moments(design.simulate_response(sigma2, gen)) for _ in range(3000)])
+    expected = rows.C @ sigma2
+    for name, U in draws.items():
+        error = (U.mean(axis=0) - expected) / (U.std(axis=0) / np.sqrt(len(U)))
+        assert np.all(np.abs(error) < 4), (name, error)
+    np.testing.assert_allclose(draws["cells"].std(axis=0), draws["rows"].std(axis=0), rtol=0.08)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,16 +166,39 @@ def _check_verification(exprs: list[str], values: list, nobs: int) -> None:
                 )
 
 
-def reduce_duckdb(formula: str, source, weights: str | None = None, connection=None) -> ReducedData:
-    """Reduce Parquet/CSV files (a path, glob, directory or list) in SQL with DuckDB.
+@dataclass
+class Scan:
+    """What the first passes over the files established: the model's columns as SQL, the complete
+    rows, the counts and the scaling of X and y (standardised columns ``xs`` and ``ys``)."""
 
-    The rows never enter Python: DuckDB computes the level lists, the column moments and
-    the per-cluster cross-products; only one row per cluster comes back.  The checks are the
-    in-memory design's: every expression allowed, missing values (NULL, NaN, ``NA``, ``.``)
-    dropped and counted, no infinite values, positive weights, files of one schema, the
-    grouping factors estimable; transformations are evaluated in SQL and compared with
-    numpy's evaluation on every row.
-    """
+    con: object
+    src: str
+    complete: str
+    parsed: object
+    plan: ColumnPlan
+    types: dict[str, str]
+    key_exprs: dict[str, str]
+    fixed_sql: list[str]
+    z_sql: list[str]
+    w_sql: str
+    w_scale: float
+    nobs: int
+    total: int
+    mean: np.ndarray
+    sd: np.ndarray
+    cross: np.ndarray
+    shifts: list[float]
+    sum_log_weights: float
+    distinct: dict[str, int]
+    scaling: Scaling
+    xs: list[str]
+    ys: str
+
+
+def scan_files(formula: str, source, weights: str | None = None, connection=None) -> Scan:
+    """The passes every DuckDB reduction starts with: schema, checks, levels, the SQL of the model's
+    columns (verified against formulaic on a sample and against numpy on every row), moments and
+    counts (see :func:`reduce_duckdb`)."""
     import duckdb
 
     parsed = parse_formula(formula)
@@ -242,7 +266,47 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     scaling = scaling_from_moments(plan.fixed_names, mean[:p], sd[:p], float(mean[p]), float(sd[p]))
     xs = [f"({affine_sql(fixed_sql, scaling.T[:, j])})" for j in range(p)]  # columns of X T
     ys = f"(({y_sql}) - {lit(scaling.y_shift)}) / {lit(scaling.y_scale)}"
-    products = _global_products(cross, shifts, mean, scaling)
+    return Scan(
+        con,
+        src,
+        complete,
+        parsed,
+        plan,
+        types,
+        key_exprs,
+        fixed_sql,
+        z_sql,
+        w_sql,
+        w_scale,
+        nobs,
+        int(total),
+        mean,
+        sd,
+        cross,
+        shifts,
+        slw,
+        distinct,
+        scaling,
+        xs,
+        ys,
+    )
+
+
+def reduce_duckdb(formula: str, source, weights: str | None = None, connection=None) -> ReducedData:
+    """Reduce Parquet/CSV files (a path, glob, directory or list) in SQL with DuckDB.
+
+    The rows never enter Python: DuckDB computes the level lists, the column moments and
+    the per-cluster cross-products; only one row per cluster comes back.  The checks are the
+    in-memory design's: every expression allowed, missing values (NULL, NaN, ``NA``, ``.``)
+    dropped and counted, no infinite values, positive weights, files of one schema, the
+    grouping factors estimable; transformations are evaluated in SQL and compared with
+    numpy's evaluation on every row.
+    """
+    scan = scan_files(formula, source, weights, connection)
+    con, src, complete, plan, types = scan.con, scan.src, scan.complete, scan.plan, scan.types
+    key_exprs, z_sql, w_sql, xs, ys = dict(scan.key_exprs), scan.z_sql, scan.w_sql, scan.xs, scan.ys
+    p, mean, distinct = len(scan.fixed_sql), scan.mean, scan.distinct
+    products = _global_products(scan.cross, scan.shifts, mean, scan.scaling)
     if products is None:  # a sample-constant column that is not the intercept: sum the standardised columns
         glob = [f"sum({w_sql} * {xs[i]} * {xs[j]})" for i in range(p) for j in range(p)]
         glob += [f"sum({w_sql} * {xs[i]} * {ys})" for i in range(p)] + [f"sum({w_sql} * {ys} * {ys})"]
@@ -274,9 +338,11 @@ def reduce_duckdb(formula: str, source, weights: str | None = None, connection=N
     else:
         sums = _fetch_cluster_sums(con.execute(query), order, distinct[inner], Q, p)
     sums.XX, sums.Xy, sums.yy = XX, Xy, float(yy)
-    sums.sum_log_weights = float(slw) if weights else 0.0
-    z_mean, z_sd, missing = mean[p + 1 :], sd[p + 1 :], int(total - nobs)
-    return finish(parsed, plan, sums, scaling, z_mean, z_sd, int(nobs), missing, weights is not None, w_scale)
+    sums.sum_log_weights = scan.sum_log_weights if weights else 0.0
+    z_mean, z_sd, missing = mean[p + 1 :], scan.sd[p + 1 :], scan.total - scan.nobs
+    return finish(
+        scan.parsed, plan, sums, scan.scaling, z_mean, z_sd, scan.nobs, missing, weights is not None, scan.w_scale
+    )
 
 
 #: DuckDB vectors (2048 rows each) per fetched chunk of the per-cluster result.
