@@ -20,12 +20,13 @@ from .analysis import moments as moments_analysis
 from .analysis.lrtest import LRTest
 from .data.conditions import evaluate_condition
 from .data.io import read_data
+from .data.reduce.cells import reduce_cells_dask, reduce_cells_duckdb
 from .data.reduce.chunks import reduce_dask
 from .data.reduce.reduced import ReducedData
 from .data.reduce.sqlscan import reduce_duckdb
 from .errors import DataError, OptionError
 from .fitting import pipeline
-from .fitting.moments import fit_moments
+from .fitting.moments import fit_moments, fit_moments_cells
 from .fitting.rside import fit_rside
 from .fitting.survey import fit_pseudo
 from .glmm import GLMMResults, fit_glmm, stata_glmm
@@ -534,9 +535,12 @@ def _fit_moments(formula, data, engine, covariance, missing, unsupported: dict) 
     for name, given in unsupported.items():
         if given is not None:
             raise OptionError(f"method='moments' does not take {name} yet.")
-    if _choose_engine(engine, data) != "memory":
-        raise OptionError(f"method='moments' needs the rows in memory; use engine='memory', not {engine!r}.")
+    engine = _choose_engine(engine, data)
     spec = model_spec(formula, "ml", covariance, None, None, None, missing)
+    if engine == "duckdb":
+        return MomentsResults(fit_moments_cells(reduce_cells_duckdb(spec.formula.text, data)))
+    if engine == "dask":
+        return MomentsResults(fit_moments_cells(reduce_cells_dask(spec.formula.text, data)))
     return MomentsResults(fit_moments(spec, read_data(data)))
 
 

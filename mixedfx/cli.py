@@ -224,7 +224,7 @@ def _run_moments(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         result = fit(
             args.formula,
-            _load(args.data),
+            args.data if args.engine == "duckdb" else _load(args.data),
             method="moments",
             weights=args.weights,
             engine=args.engine,

@@ -50,6 +50,10 @@ import scipy.sparse.linalg as spla
 CHUNK_ROWS = 1 << 20
 
 
+class NoResidualVariation(np.linalg.LinAlgError):
+    """The OLS residuals are zero: the response is constant or an exact function of X."""
+
+
 @dataclass
 class MomentEstimates:
     """Components ``sigma2`` (K factors, then the residual), the moment system ``C s = U`` and GLS results."""
@@ -339,6 +343,8 @@ class CrossedDesign:
         """Components from the moments of y's OLS residuals, then GLS fixed effects."""
         y = self._as_response(y)
         U = self.moments(y)
+        if U[-1] <= 1e-20 * float(self.n) ** 2:  # U_e = n r'r - (1'r)^2 of residuals of a unit-scale y
+            raise NoResidualVariation("the OLS residuals are zero")
         sigma2, truncated = self.components(U)
         if sigma2[-1] <= 0:
             raise np.linalg.LinAlgError("the residual variance's moment estimate is not positive")

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ..engine.moments import CrossedDesign
+from ..data.reduce.cells import ReducedCells
+from ..engine.moments import CrossedDesign, MomentEstimates, NoResidualVariation
 from ..engine.stats import apply_standardisation, standardisation
 from ..errors import DataError, OptionError, SingularFitWarning
 from ..results.moments import MomentsRecord
@@ -57,16 +58,38 @@ def fit_moments(spec: ModelSpec, frame: pd.DataFrame, seed: int = 0) -> MomentsR
     check_scales(scaling, design.fixed_names, design.response_name)
     X, y = apply_standardisation(design.X, design.y, shift, inv_scale)
     engine = CrossedDesign(X, [b.codes for b in design.blocks], [b.n_levels for b in design.blocks])
-    check_identified(engine.C, [b.name for b in design.blocks])
+    return MomentsRecord(design, engine, _estimate(engine, y, design.blocks, design.response_name), scaling, seed)
+
+
+def fit_moments_cells(reduced: ReducedCells, seed: int = 0) -> MomentsRecord:
+    """A method-of-moments fit from data reduced to cells out of core (DuckDB, Dask): the same
+    estimator on the cells' sums (:mod:`mixedfx.data.reduce.cells`)."""
+    check_scales(reduced.scaling, reduced.plan.fixed_names, reduced.formula.response)
+    design = reduced.design()
+    levels = [len(reduced.levels[name]) for name in reduced.factors]
+    engine = CrossedDesign(reduced.X, reduced.codes, levels, reduced.cells)
+    return MomentsRecord(
+        design, engine, _estimate(engine, reduced.response, design.blocks, design.response_name), reduced.scaling, seed
+    )
+
+
+def _estimate(engine: CrossedDesign, response, blocks, response_name: str) -> MomentEstimates:
+    """The estimates, after the identification check; warns when a component is truncated at zero."""
+    check_identified(engine.C, [b.name for b in blocks])
     try:
-        estimates = engine.estimate(y)
+        estimates = engine.estimate(response)
+    except NoResidualVariation as exc:
+        raise DataError(
+            f"The response {response_name!r} does not vary once the fixed effects are accounted for (it is "
+            "constant, or an exact function of them): there is no variance left to estimate."
+        ) from exc
     except np.linalg.LinAlgError as exc:
         raise DataError(f"The method-of-moments fit failed: {exc}.") from exc
-    for block, cut in zip(design.blocks, estimates.truncated):
+    for block, cut in zip(blocks, estimates.truncated):
         if cut:
             warnings.warn(
                 f"The moment estimate of var({block.name}) was negative and is set to zero.",
                 SingularFitWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
-    return MomentsRecord(design, engine, estimates, scaling, seed)
+    return estimates

@@ -80,7 +80,6 @@ def test_a_negative_component_is_set_to_zero_with_a_warning():
         ("y ~ x + (1 + x | a)", {}, "random intercepts only"),
         ("y ~ x + (1 | a)", {"weights": "x"}, "does not take weights"),
         ("y ~ x + (1 | a)", {"residuals": "ar1, t(x)"}, "does not take residuals"),
-        ("y ~ x + (1 | a)", {"engine": "duckdb"}, "rows in memory"),
         ("y ~ x + (1 | a)", {"variance": ("power", "x")}, "does not take variance"),
         ("y ~ x + (1 | a)", {"start": [1.0]}, "does not take start"),
     ],

@@ -181,7 +181,7 @@ def standardised(X: np.ndarray, y: np.ndarray, scaling: Scaling) -> tuple[np.nda
     return Xs, (y - scaling.y_shift) / scaling.y_scale
 
 
-def _drop_aliased_from_crossproducts(XX: np.ndarray, names: list[str]) -> list[bool]:
+def kept_fixed_columns(XX: np.ndarray, names: list[str]) -> list[bool]:
     """Columns kept by the rank check (as in memory), from the standardised X'X."""
     d = np.sqrt(np.maximum(np.diag(XX), 0.0))
     d = np.where(d > 0, d, 1.0)
@@ -199,7 +199,7 @@ def _drop_aliased_from_crossproducts(XX: np.ndarray, names: list[str]) -> list[b
 def finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted, weight_scale=1.0) -> ReducedData:
     """Assemble statistics and metadata into a :class:`ReducedData`."""
     p = len(plan.fixed_names)
-    keep = _drop_aliased_from_crossproducts(sums.XX, plan.fixed_names)
+    keep = kept_fixed_columns(sums.XX, plan.fixed_names)
     stats, order, level_lists, counts, layout = assemble(sums, plan, p)
     dropped = [n for n, k in zip(plan.fixed_names, keep) if not k]
     if dropped:

@@ -17,7 +17,7 @@ from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan
 from .reduced import ReducedData
 
 
-def _complete_chunk(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> pd.DataFrame:
+def complete_chunk(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> pd.DataFrame:
     """The chunk's complete rows, with the in-memory design's checks (infinite values, weights)."""
     used = plan.variables + ([weights] if weights else [])
     frame = frame.loc[complete_rows(frame, used).to_numpy()]
@@ -26,10 +26,10 @@ def _complete_chunk(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) 
     return frame
 
 
-def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> np.ndarray:
+def chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -> np.ndarray:
     """Count, sums and sums of squares of X, y and every Z column, and the sum of log weights, for one
     chunk (complete rows)."""
-    frame = _complete_chunk(plan, frame, weights)
+    frame = complete_chunk(plan, frame, weights)
     if frame.empty:
         return None
     y, X, Zs = model_columns(plan, frame)
@@ -40,7 +40,7 @@ def _chunk_moments(plan: ColumnPlan, frame: pd.DataFrame, weights: str | None) -
 
 def _chunk_sums(plan: ColumnPlan, frame: pd.DataFrame, scaling: Scaling, weights: str | None, w_scale: float):
     """Per-cluster sums of one chunk, as a DataFrame keyed by the innermost factor, plus global sums."""
-    frame = _complete_chunk(plan, frame, weights)
+    frame = complete_chunk(plan, frame, weights)
     if frame.empty:
         return None
     y, X, Zs = model_columns(plan, frame)
@@ -96,7 +96,7 @@ def _combine(parts: list, plan: ColumnPlan, p: int) -> ClusterSums:
     return ClusterSums(keys[key_cols], counts, ZZ, ZX, Zy, XX, Xy, yy, slw)
 
 
-def _moments_to_scaling(plan: ColumnPlan, totals: np.ndarray, p: int, Q: int):
+def moments_to_scaling(plan: ColumnPlan, totals: np.ndarray, p: int, Q: int):
     """Scaling for X, y, the random-effect column moments and the weights' geometric mean, from summed
     chunk moments."""
     n = totals[0]
@@ -126,11 +126,11 @@ def reduce_frame(
     plan = plan_columns(parsed, prototype, levels)
     refuse_stateful(plan)
     chunks = [data.iloc[i : i + chunk_rows] for i in range(0, len(data), chunk_rows)]
-    moments = [m for m in (_chunk_moments(plan, c, weights) for c in chunks) if m is not None]
+    moments = [m for m in (chunk_moments(plan, c, weights) for c in chunks) if m is not None]
     if not moments:
         raise DataError("No complete rows in the data.")
     p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
-    scaling, z_mean, z_sd, nobs, w_scale = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    scaling, z_mean, z_sd, nobs, w_scale = moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
     sums = _combine([_chunk_sums(plan, c, scaling, weights, w_scale) for c in chunks], plan, p)
     return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, len(data) - nobs, weights is not None, w_scale)
 
@@ -157,12 +157,12 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
     refuse_stateful(plan)
     parts = frame.to_delayed()
     total_rows = dask.compute(*[dask.delayed(len)(part) for part in parts])
-    moments = dask.compute(*[dask.delayed(_chunk_moments)(plan, part, weights) for part in parts])
+    moments = dask.compute(*[dask.delayed(chunk_moments)(plan, part, weights) for part in parts])
     moments = [m for m in moments if m is not None]
     if not moments:
         raise DataError("No complete rows in the data.")
     p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
-    scaling, z_mean, z_sd, nobs, w_scale = _moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
+    scaling, z_mean, z_sd, nobs, w_scale = moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
     results = dask.compute(*[dask.delayed(_chunk_sums)(plan, part, scaling, weights, w_scale) for part in parts])
     sums = _combine(list(results), plan, p)
     missing = int(sum(total_rows)) - nobs
