@@ -32,7 +32,7 @@ LAYERS = {
 }
 
 #: What the engine may import besides itself.
-ENGINE_THIRD_PARTY = {"numpy", "scipy"}
+ENGINE_THIRD_PARTY = {"numpy", "scipy", "threadpoolctl"}  # threadpoolctl: BLAS threads of the dense factorisations
 
 
 def _module_name(path: Path) -> str:

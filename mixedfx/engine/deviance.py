@@ -102,10 +102,13 @@ class ProfiledDeviance:
     ``layouts`` describe each grouping factor's random effects (terms and covariance
     structures), in the order of the statistics.  Subclasses implement :meth:`value`;
     ``analytic_gradient`` says whether they also provide ``deviance_and_gradient`` and
-    ``deviance_gradient_information``.
+    ``deviance_gradient_information``; ``costly_evaluations`` whether one evaluation is expensive
+    enough (a large dense factorisation) that the optimiser should try Newton steps from its
+    start before anything else.
     """
 
     analytic_gradient = False
+    costly_evaluations = False
 
     def __init__(
         self,

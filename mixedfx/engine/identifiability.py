@@ -44,7 +44,10 @@ def _level_blocks(stats: SufficientStats) -> list[tuple[np.ndarray, np.ndarray]]
     offset = 0
     for q, m in stats.rest_sizes:
         idx = offset + np.arange(m)[:, None] * q + np.arange(q)[None, :]  # (m, q)
-        ZtZ = stats.rest_ZtZ[idx[:, :, None], idx[:, None, :]].transpose(1, 2, 0)
+        ZtZ = np.empty((q, q, m))
+        for a in range(q):
+            for b in range(q):
+                ZtZ[a, b] = np.asarray(stats.rest_ZtZ[idx[:, a], idx[:, b]]).ravel()
         ZtX = stats.rest_ZtX[idx].transpose(1, 2, 0)
         out.append((ZtZ, ZtX))
         offset += q * m

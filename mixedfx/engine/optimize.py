@@ -230,6 +230,20 @@ def _finite_difference_derivatives(func, x: np.ndarray, free: np.ndarray, steps:
     return _gradient_at(func, None, x, free), central_hessian(func, x, np.where(free, steps, 1.0), free)
 
 
+def _stencil_derivatives(func, x: np.ndarray, free: np.ndarray, steps: np.ndarray):
+    """Central-difference Hessian and the gradient from the same points ``x +- h e_i`` (no further
+    evaluations of a memoised ``func``; for costly deviances near their optimum, where the
+    O(h^2) error of a 1e-4 step is far below the convergence tolerance)."""
+    H = central_hessian(func, x, np.where(free, steps, 1.0), free)
+    idx = np.flatnonzero(free)
+    grad = np.empty(idx.size)
+    for a, i in enumerate(idx):
+        e = np.zeros_like(x)
+        e[i] = steps[i]
+        grad[a] = (func(x + e) - func(x - e)) / (2 * steps[i])
+    return grad, H
+
+
 def _gradient_derivatives(gradient, x: np.ndarray, free: np.ndarray, steps: np.ndarray):
     """Analytic gradient and the central-difference Hessian of it over the ``free`` coordinates."""
     idx = np.flatnonzero(free)
@@ -250,13 +264,13 @@ def newton_polish(
 ) -> tuple[np.ndarray, Curvature | None]:
     """:func:`_newton_rounds` until no coordinate ends just short of a bound (at most twice);
     the polished point and the last Hessian computed (None if none was)."""
-    x, curvature = _newton_rounds(
+    x, curvature, _ = _newton_rounds(
         func, _snap_to_bounds(func, np.array(x, dtype=float), lower, upper), lower, upper, gradient
     )
     snapped = _snap_to_bounds(func, x, lower, upper)
     if np.array_equal(snapped, x):
         return x, curvature
-    x, again = _newton_rounds(func, snapped, lower, upper, gradient)
+    x, again, _ = _newton_rounds(func, snapped, lower, upper, gradient)
     return _snap_to_bounds(func, x, lower, upper), again or curvature
 
 
@@ -266,7 +280,8 @@ def _newton_rounds(
     lower: np.ndarray,
     upper: np.ndarray,
     gradient: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, Curvature | None]:
+    stencil: bool = False,
+) -> tuple[np.ndarray, Curvature | None, tuple[np.ndarray, np.ndarray] | None]:
     """Newton steps with a finite-difference Hessian on the coordinates away from bounds.
 
     L-BFGS-B stops where its gradient is below the gradient's noise, which leaves the optimum
@@ -275,23 +290,29 @@ def _newton_rounds(
     quadratically, to ~1e-10.  The gradient is ``gradient`` (analytic) or central differences
     of ``func``.  Coordinates held at a bound stay there; a step is taken only if it does not
     raise the deviance, unless it promises less than the deviance's rounding noise.  Returns
-    the polished point (or ``x``) and the Hessian with its point and coordinates.
+    the polished point (or ``x``), the Hessian with its point and coordinates, and the last
+    gradient computed with its point (the free coordinates'; None if none).  ``stencil`` takes the
+    first gradient from the Hessian's points (:func:`_stencil_derivatives`).
     """
     steps = _difference_steps(x, lower, upper, 1e-4)  # near the fourth root of the rounding error
     free = np.isfinite(steps)
     if not free.any() or free.sum() > POLISH_MAX_PARAMS:
-        return x, None
+        return x, None, None
     idx = np.flatnonzero(free)
-    derivatives = _finite_difference_derivatives if gradient is None else _gradient_derivatives
+    if gradient is not None:
+        derivatives = _gradient_derivatives
+    else:
+        derivatives = _stencil_derivatives if stencil else _finite_difference_derivatives
     grad, H = derivatives(func if gradient is None else gradient, x, free, steps)
     curvature = Curvature(x.copy(), free, H)
+    last = (x.copy(), grad)
     try:
         factor = la.cho_factor(H)  # computed once: Newton steps with a fixed Hessian converge fast
     except (np.linalg.LinAlgError, ValueError):
-        return x, curvature
+        return x, curvature, last
     for _ in range(POLISH_STEPS):
         if not np.all(np.isfinite(grad)):
-            return x, curvature
+            return x, curvature, last
         step = -la.cho_solve(factor, grad)
         trial = x.copy()
         trial[idx] = np.clip(x[idx] + step, lower[idx], upper[idx])
@@ -301,12 +322,13 @@ def _newton_rounds(
         promised = -0.5 * float(grad @ step)
         in_noise = promised <= 1e-10 * max(1.0, abs(f0))
         if not in_noise and not func(trial) <= f0:
-            return x, curvature
+            return x, curvature, last
         x = trial
         if in_noise or np.max(np.abs(step) / (1.0 + np.abs(x[idx]))) < POLISH_STEP_TOLERANCE:
             break
         grad = _gradient_at(func, gradient, x, free)
-    return x, curvature
+        last = (x.copy(), grad)
+    return x, curvature, last
 
 
 def _snap_to_bounds(func, x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -387,6 +409,7 @@ def minimize_deviance(
     value_gradient_information: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]] | None = None,
     mirrors: dict[int, list[int]] | None = None,
     alternatives: Callable[[np.ndarray], list[np.ndarray]] | None = None,
+    newton_first: bool = False,
 ) -> OptimumReport:
     """Minimise ``deviance`` over ``lower <= theta <= upper`` from ``start``.
 
@@ -398,7 +421,8 @@ def minimize_deviance(
     L-BFGS-B continues only if scoring does not converge.  At a boundary optimum the
     optimiser probes off the bound (``mirrors``: coordinates whose sign the probe also flips)
     and restarts from ``alternatives(theta)`` (points on the boundary's other faces); the
-    best point found is polished by Newton steps.
+    best point found is polished by Newton steps.  ``newton_first`` (costly evaluations, a start
+    near the optimum) tries those Newton steps from the start first (:func:`_newton_from_start`).
     """
     counted = _Counter(deviance, value_and_gradient, value_gradient_information)
     lower = np.asarray(lower, dtype=float)
@@ -466,6 +490,10 @@ def minimize_deviance(
         result.x = step_scale * result.x
         return result
 
+    if newton_first and value_and_gradient is None and np.isfinite(f_start):
+        early = _newton_from_start(counted, start, lower, upper)
+        if early is not None:
+            return early
     scored = value_gradient_information is not None and value_and_gradient is not None and np.isfinite(f_start)
     converged, steps, _ = (
         fisher_scoring(counted, start, first, lower, upper, gtol, min(SCORING_STEPS, max_iterations))
@@ -517,3 +545,31 @@ def minimize_deviance(
         message = "converged"
     moved = not np.array_equal(theta, start)
     return OptimumReport(theta, f, converged, message, counted.count, pg, moved, curvature)
+
+
+def _newton_from_start(counted: _Counter, start: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    """Newton steps with a central-difference Hessian straight from a start near the optimum, or
+    None when they do not end at an interior point that passes the convergence check.
+
+    From a moment start the profiled deviance is quadratic to rounding: one Hessian (1 + 2k^2
+    evaluations for k parameters) and one or two steps reach the optimum, where L-BFGS-B with
+    difference gradients first spends ~6 iterations of k + 1 evaluations learning the curvature
+    and then is polished the same way (crossed factors at 10^6 rows: 35 -> ~19 evaluations of a
+    dense 10^4 x 10^4 factorisation).  On failure the evaluations stay memoised for the usual path.
+    """
+    theta, curvature, last = _newton_rounds(counted, start, lower, upper, stencil=True)
+    if curvature is None or not curvature.free.all() or np.array_equal(theta, start):
+        return None
+    f = counted(theta)
+    interior = np.isfinite(_difference_steps(theta, lower, upper, 1e-4)).all()
+    if not (np.isfinite(f) and f <= counted(start) and interior):
+        return None
+    # The last gradient was taken before a final step that promised less than rounding noise:
+    # below the tolerance there, it is below it at theta too; otherwise check theta itself.
+    point, grad = last
+    if np.array_equal(point, start) or not np.all(np.abs(grad) < gradient_tolerance(f)):
+        grad = numerical_gradient(counted, theta, lower, upper, f0=f)
+    pg = projected_gradient(grad, theta, lower, upper)
+    if not np.all(np.abs(pg) < gradient_tolerance(f)):
+        return None
+    return OptimumReport(theta, f, True, "converged", counted.count, pg, True, curvature)

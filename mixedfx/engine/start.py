@@ -162,7 +162,7 @@ def _level_counts_and_sums(stats: SufficientStats, beta: np.ndarray) -> tuple[li
     outer factor's levels start in the ``rest_*`` statistics."""
     counts = [stats.first_ZtZ[0, 0]]
     sums = [stats.first_Zty[0] - beta @ stats.first_ZtX[0]]
-    rest_counts = np.diag(stats.rest_ZtZ)
+    rest_counts = stats.rest_ZtZ.diagonal()
     rest_sums = stats.rest_Zty - stats.rest_ZtX @ beta
     edges = np.cumsum([0] + [m for _, m in stats.rest_sizes])
     for a, b in zip(edges[:-1], edges[1:]):

@@ -240,7 +240,7 @@ class SufficientStats:
     first_Zty: np.ndarray
     rest_sizes: list[tuple[int, int]]
     rest_Z1: sp.csr_matrix | None = None
-    rest_ZtZ: np.ndarray | None = None
+    rest_ZtZ: sp.csr_matrix | None = None  # sparse: a dense m x m copy would double the crossed fits' memory
     rest_ZtX: np.ndarray | None = None
     rest_Zty: np.ndarray | None = None
     first_ZtW: np.ndarray | None = None  # (q, p+1, m) with first_ZtX and first_Zty as views, when built so
@@ -470,7 +470,7 @@ def _add_rest_stats(
     rows = []
     for k in range(1, len(Zs)):
         rows.append([_sparse_cross(codes[k], Zs[k], dims[k], codes[j], Zs[j], dims[j]) for j in range(1, len(Zs))])
-    stats.rest_ZtZ = sp.bmat(rows).toarray()
+    stats.rest_ZtZ = sp.csr_matrix(sp.bmat(rows))
     W = stacked_xy(X, y)
     sums = np.vstack([_level_major_sums(codes[k], Zs[k], levels[k], W) for k in range(1, len(Zs))])
     stats.rest_ZtX = sums[:, :-1]
@@ -512,7 +512,7 @@ def set_column_transforms(stats: SufficientStats, transforms: list[np.ndarray]) 
             format="csr",
         )
         stats.rest_Z1 = (K2.T @ stats.rest_Z1 @ K1).tocsr()
-        stats.rest_ZtZ = (K2.T @ sp.csr_matrix(stats.rest_ZtZ) @ K2).toarray()
+        stats.rest_ZtZ = sp.csr_matrix(K2.T @ stats.rest_ZtZ @ K2)
         stats.rest_ZtX = K2.T @ stats.rest_ZtX
         stats.rest_Zty = K2.T @ stats.rest_Zty
     stats.column_transforms = [np.array(T, dtype=float) for T in transforms]

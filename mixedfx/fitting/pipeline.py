@@ -176,6 +176,7 @@ def optimise_stage(
         value_gradient_information=deviance.deviance_gradient_information if analytic else None,
         mirrors=deviance.mirrors(),
         alternatives=deviance.boundary_alternatives,
+        newton_first=start is None and deviance.costly_evaluations,
     )
 
 

@@ -12,25 +12,19 @@ thread, restored afterwards; smaller fits leave it alone: finding and limiting t
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache
+
+from ..engine.blas import configured_threads, controller
 
 #: Fits on at least this many rows run BLAS on one thread.
 SINGLE_THREAD_ROWS = 200_000
-
-
-@lru_cache(maxsize=1)
-def _controller():
-    """threadpoolctl's view of the BLAS libraries loaded now (numpy's and scipy's), built once."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 def single_threaded_blas(n_rows: int) -> AbstractContextManager:
     """A context in which BLAS uses one thread, for fits of at least :data:`SINGLE_THREAD_ROWS` rows."""
     if n_rows < SINGLE_THREAD_ROWS:
         return nullcontext()
-    return _controller().limit(limits=1, user_api="blas")
+    configured_threads()  # read before the limit: dense factorisations restore it
+    return controller().limit(limits=1, user_api="blas")
 
 
 def one_blas_thread() -> AbstractContextManager:
@@ -40,4 +34,5 @@ def one_blas_thread() -> AbstractContextManager:
     with two threads each, the copies' spinning threads fight over the cores (a 181 x 181
     Schur complement and its Cholesky: 15 ms a pair on two cores, 1 ms with one thread).
     """
-    return _controller().limit(limits=1, user_api="blas")
+    configured_threads()
+    return controller().limit(limits=1, user_api="blas")

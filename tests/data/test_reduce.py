@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import mixedfx
 from mixedfx.cli import main
@@ -238,3 +239,19 @@ def test_saved_reductions_keep_the_expanded_dot_and_check_it(tmp_path):
     np.savez(tmp_path / "evil.npz", **arrays)
     with pytest.raises(FormulaError, match="__import__"):
         load_reduced(tmp_path / "evil.npz")
+
+
+def test_reductions_saved_with_a_dense_outer_block_still_load(exam_files, tmp_path):
+    """Files written before the outer factors' block was kept sparse hold it dense as ``rest_ZtZ``."""
+    exam, _ = exam_files
+    formula = "gcse ~ lrt_groupc + (1 | schgend/school)"
+    path = reduce_frame(formula, exam).save(tmp_path / "new.npz")
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    shape = tuple(arrays.pop("rest_ZtZ_shape"))
+    parts = (arrays.pop("rest_ZtZ_data"), arrays.pop("rest_ZtZ_indices"), arrays.pop("rest_ZtZ_indptr"))
+    arrays["rest_ZtZ"] = sp.csr_matrix(parts, shape=shape).toarray()
+    old = tmp_path / "old.npz"
+    with open(old, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    _same(fit_reduced(load_reduced(old)), fit_reduced(load_reduced(path)), rel=1e-12)

@@ -128,7 +128,7 @@ def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
     C = ZZ.shape[2]
     i1 = layout[order[0]]
     rows, cols, vals = [], [], []
-    dense = np.zeros((total, total))
+    outer_rows, outer_cols, outer_vals = [], [], []
     zx = np.zeros((total, ZX.shape[1]))
     zy = np.zeros(total)
     cluster = np.arange(C)
@@ -147,11 +147,15 @@ def _assemble_rest(stats, order, layout, codes, level_lists, ZZ, ZX, Zy, q1, m1)
             base_j = offsets[j] + codes[j] * qj
             for a in range(qk):
                 for b in range(qj):
-                    np.add.at(dense, (base_k + a, base_j + b), ZZ[ik[a], ij[b]])
+                    outer_rows.append(base_k + a)
+                    outer_cols.append(base_j + b)
+                    outer_vals.append(ZZ[ik[a], ij[b]])
     stats.rest_Z1 = sp.coo_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(total, m1 * q1)
     ).tocsr()
-    stats.rest_ZtZ = dense
+    stats.rest_ZtZ = sp.coo_matrix(  # duplicates (clusters of one outer level) are summed
+        (np.concatenate(outer_vals), (np.concatenate(outer_rows), np.concatenate(outer_cols))), shape=(total, total)
+    ).tocsr()
     stats.rest_ZtX = zx
     stats.rest_Zty = zy
 

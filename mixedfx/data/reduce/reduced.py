@@ -100,7 +100,9 @@ def _to_arrays(reduced: ReducedData) -> tuple[dict[str, np.ndarray], dict]:
         arrays.update(
             rest_Z1_data=Z1.data, rest_Z1_indices=Z1.indices, rest_Z1_indptr=Z1.indptr, rest_Z1_shape=np.array(Z1.shape)
         )
-        arrays.update(rest_ZtZ=s.rest_ZtZ, rest_ZtX=s.rest_ZtX, rest_Zty=s.rest_Zty)
+        ZtZ = sp.csr_matrix(s.rest_ZtZ)
+        arrays.update(rest_ZtZ_data=ZtZ.data, rest_ZtZ_indices=ZtZ.indices, rest_ZtZ_indptr=ZtZ.indptr)
+        arrays.update(rest_ZtZ_shape=np.array(ZtZ.shape), rest_ZtX=s.rest_ZtX, rest_Zty=s.rest_Zty)
     for k, T in enumerate(s.column_transforms or []):
         arrays[f"transform_{k}"] = T
     for k, name in enumerate(reduced.factors):
@@ -188,7 +190,12 @@ def load_reduced(path: str | Path) -> ReducedData:
         stats.rest_Z1 = sp.csr_matrix(
             (arrays["rest_Z1_data"], arrays["rest_Z1_indices"], arrays["rest_Z1_indptr"]), shape=shape
         )
-        stats.rest_ZtZ, stats.rest_ZtX, stats.rest_Zty = arrays["rest_ZtZ"], arrays["rest_ZtX"], arrays["rest_Zty"]
+        if "rest_ZtZ_data" in arrays:
+            parts = (arrays["rest_ZtZ_data"], arrays["rest_ZtZ_indices"], arrays["rest_ZtZ_indptr"])
+            stats.rest_ZtZ = sp.csr_matrix(parts, shape=tuple(int(v) for v in arrays["rest_ZtZ_shape"]))
+        else:  # written before the block was kept sparse
+            stats.rest_ZtZ = sp.csr_matrix(arrays["rest_ZtZ"])
+        stats.rest_ZtX, stats.rest_Zty = arrays["rest_ZtX"], arrays["rest_Zty"]
     if sm["n_transforms"]:
         stats.column_transforms = [arrays[f"transform_{k}"] for k in range(sm["n_transforms"])]
     sc = meta["scaling"]
