@@ -1,6 +1,6 @@
 """Benchmark the method-of-moments engine on crossed random intercepts at scale.
 
-    python bench/bench_moments.py [--cases exact-check movielens huge] [--replicates 20]
+    python bench/bench_moments.py [--cases exact-check movielens huge] [--replicates 20] [--engine memory|duckdb]
 
 Cases (``y = 1 + 0.5 x + u_a + v_b + e``, variances 0.64, 0.25 and 1; level sizes skewed: a's
 and b's levels drawn from Zipf-like laws, as users and movies in ratings data):
@@ -11,7 +11,9 @@ and b's levels drawn from Zipf-like laws, as users and movies in ratings data):
 
 Each case runs in a fresh process; the table gives the fit's wall time (design, moments and GLS;
 the bootstrap of the components' SEs timed apart), the process's peak RSS, and each component
-with its bootstrap SE against the truth (and the exact fit where there is one).
+with its bootstrap SE against the truth (and the exact fit where there is one).  With
+``--engine duckdb`` another process first writes the rows to Parquet (not timed); the fit's
+process reads the files with DuckDB, which reduces them to cells, and never holds the rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,20 +56,30 @@ def make_data(n: int, m_a: int, m_b: int, seed: int = 5) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "x": x, "a": a.astype(np.int32), "b": b.astype(np.int32)})
 
 
-def _child(case: str, replicates: int, queue) -> None:
+def _write_parquet(case: str, folder: str, queue) -> None:
+    """The case's rows as four Parquet files (in a process of its own: its memory is not the fit's)."""
+    data = make_data(*CASES[case])
+    bounds = np.linspace(0, len(data), 5).astype(int)
+    for i in range(4):
+        data.iloc[bounds[i] : bounds[i + 1]].to_parquet(Path(folder) / f"part{i}.parquet", index=False)
+    queue.put(True)
+
+
+def _child(case: str, replicates: int, folder: str | None, queue) -> None:
     import mixedfx
 
-    data = make_data(*CASES[case])
+    data = make_data(*CASES[case]) if folder is None else f"{folder}/*.parquet"
     data_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    fit = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", data, method="moments")
+    engine = "memory" if folder is None else "duckdb"
+    fit = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", data, method="moments", engine=engine)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     table = fit.re_table(replicates=replicates)
     boot = time.perf_counter() - start
     exact = None
     if case == "exact-check":
-        ml = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", data, method="ml")
+        ml = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", make_data(*CASES[case]), method="ml")
         exact = dict(zip(ml.varcorr["group"], ml.varcorr["vcov"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put((seconds, boot, peak, data_peak, table.to_dict(orient="records"), fit.fixef.to_dict(), exact))
@@ -77,17 +90,23 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--replicates", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--engine", choices=["memory", "duckdb"], default="memory")
     args = parser.parse_args()
     print(machine_line(False))
     for case in args.cases:
         n, m_a, m_b = CASES[case]
-        out = run_in_child(_child, (case, args.replicates), args.timeout)
+        with tempfile.TemporaryDirectory(prefix="bench-moments-") as folder:
+            if args.engine == "duckdb":
+                run_in_child(_write_parquet, (case, folder), args.timeout)
+            out = run_in_child(
+                _child, (case, args.replicates, folder if args.engine == "duckdb" else None), args.timeout
+            )
         if isinstance(out, str):
             print(f"{case}: {out}")
             continue
         seconds, boot, peak, data_peak, table, fixef, exact = out
         print(
-            f"\n{case}: {n:,} rows, {m_a:,} x {m_b:,} levels: fit {seconds:.1f} s, bootstrap of "
+            f"\n{case} ({args.engine}): {n:,} rows, {m_a:,} x {m_b:,} levels: fit {seconds:.1f} s, bootstrap of "
             f"{args.replicates} replicates {boot:.1f} s, peak RSS {peak:,.0f} MB ({data_peak:,.0f} MB after "
             "making the data)"
         )

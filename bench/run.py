@@ -1,6 +1,6 @@
 """Benchmark mixedfx against the peers that are installed, on the same models and data.
 
-    python bench/run.py [--cases schools children growth small-clusters insteval crossed nested]
+    python bench/run.py [--cases schools children growth small-clusters insteval crossed nested crossed-5k crossed-10k]
                         [--sizes 10000 100000 1000000] [--repeats 3] [--timeout 600]
                         [--statsmodels-max 100000]
 
@@ -49,11 +49,12 @@ def _small_clusters(n_clusters: int = 1_000_000, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"y": y, "x": x, "g": g})
 
 
-def _crossed(n_rows: int = 1_000_000, seed: int = 0) -> pd.DataFrame:
+def _crossed(n_rows: int = 1_000_000, seed: int = 0, levels_b: int = 1_000) -> pd.DataFrame:
+    """10^6 rows, a with 10^5 levels crossed with b (1,000 levels; issue 19's cases: 5,000 and 10,000)."""
     rng = np.random.default_rng(seed)
-    a, b = rng.integers(0, 100_000, n_rows), rng.integers(0, 1_000, n_rows)
+    a, b = rng.integers(0, 100_000, n_rows), rng.integers(0, levels_b, n_rows)
     x = rng.normal(size=n_rows)
-    y = 1 + 0.5 * x + rng.normal(size=100_000)[a] + 0.5 * rng.normal(size=1_000)[b] + rng.normal(size=n_rows)
+    y = 1 + 0.5 * x + rng.normal(size=100_000)[a] + 0.5 * rng.normal(size=levels_b)[b] + rng.normal(size=n_rows)
     return pd.DataFrame({"y": y, "x": x, "a": a.astype(str), "b": b.astype(str)})
 
 
@@ -100,6 +101,9 @@ CASES = {
     "small-clusters": (_small_clusters, "y ~ x + (1 | g)", True, ("y ~ x", "g", None)),
     "insteval": (_insteval, "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", True, None),
     "crossed": (_crossed, "y ~ x + (1 | a) + (1 | b)", True, None),
+    # Not run by default (minutes each for the peers): the dense 5,000 and 10,000-level Schur complements.
+    "crossed-5k": (partial(_crossed, levels_b=5_000), "y ~ x + (1 | a) + (1 | b)", True, None),
+    "crossed-10k": (partial(_crossed, levels_b=10_000), "y ~ x + (1 | a) + (1 | b)", True, None),
     "nested": (_nested, "y ~ x + (1 | school/klass)", True, None),
 }
 

@@ -9,6 +9,8 @@ otherwise (crossed factors) it is factorised densely, as MixedModels.jl does.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
@@ -32,6 +34,35 @@ def _lower_cholesky_in_place(S: np.ndarray) -> np.ndarray:
     return U.T
 
 
+class DenseBlockTooLargeError(MemoryError):
+    """The crossed factors' dense Schur complement would not fit in this machine's memory."""
+
+    def __init__(self, size: int, needed: float, available: float):
+        super().__init__(f"a dense {size} x {size} block needs {needed / 1e9:.1f} GB of {available / 1e9:.1f} GB")
+        self.size, self.needed, self.available = size, needed, available
+
+
+def physical_memory() -> float | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+#: The dense block and the work beside it must fit in this share of the machine's memory.
+DENSE_MEMORY_SHARE = 0.8
+
+
+def check_dense_block_fits(size: int) -> None:
+    """Raise :class:`DenseBlockTooLargeError` when an m x m block (8 m^2 bytes, factorised in place) and
+    about half as much again beside it exceed :data:`DENSE_MEMORY_SHARE` of the memory."""
+    available = physical_memory()
+    needed = 1.5 * 8.0 * size * size
+    if available is not None and needed > DENSE_MEMORY_SHARE * available:
+        raise DenseBlockTooLargeError(size, needed, available)
+
+
 #: Dense Schur complements from this size on make an evaluation costly (0.05 s at 1,000 rows,
 #: 4 s at 10,000 on two cores): the optimiser then starts with Newton steps.
 COSTLY_SCHUR_SIZE = 1000
@@ -45,6 +76,8 @@ class BlockedDeviance(ProfiledDeviance):
         s = self.stats
         q1 = s.first_q
         self._nested = self._detect_nesting()
+        if not self._nested:
+            check_dense_block_fits(s.rest_ZtZ.shape[0])
         # With scalar random effects everywhere, L21 is Z2'Z1 with scaled rows and columns.
         self._all_scalar = q1 == 1 and all(q == 1 for q, _ in s.rest_sizes)
         if self._all_scalar:

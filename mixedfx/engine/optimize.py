@@ -490,7 +490,10 @@ def minimize_deviance(
         result.x = step_scale * result.x
         return result
 
-    if newton_first and value_and_gradient is None and np.isfinite(f_start):
+    tried_newton = (
+        newton_first and value_and_gradient is None and np.isfinite(f_start) and start.size <= NEWTON_FIRST_MAX_PARAMS
+    )
+    if tried_newton:
         early = _newton_from_start(counted, start, lower, upper)
         if early is not None:
             return early
@@ -501,7 +504,8 @@ def minimize_deviance(
         else (False, 0, start)
     )
     # Scoring's steps count against the iteration limit; L-BFGS-B continues from its best point.
-    resume = counted.best_x if (scored and counted.best_x is not None) else start
+    # (Newton steps from the start that stopped short leave their best point too.)
+    resume = counted.best_x if ((scored or tried_newton) and counted.best_x is not None) else start
     result = None if (converged or steps >= max_iterations) else run(resume, max_iterations - steps)
     if counted.best_x is None:  # nowhere finite: nothing to restart from or to polish
         message = "the deviance is not finite at any point tried"
@@ -545,6 +549,12 @@ def minimize_deviance(
         message = "converged"
     moved = not np.array_equal(theta, start)
     return OptimumReport(theta, f, converged, message, counted.count, pg, moved, curvature)
+
+
+#: Newton steps from the start are tried for at most this many parameters: a central-difference
+#: Hessian costs 1 + 2k^2 evaluations (9 for two, 19 for three), and with three (InstEval's s, d,
+#: dept) an ANOVA start is too far for one Hessian: the steps stop short and cost more than they save.
+NEWTON_FIRST_MAX_PARAMS = 2
 
 
 def _newton_from_start(counted: _Counter, start: np.ndarray, lower: np.ndarray, upper: np.ndarray):

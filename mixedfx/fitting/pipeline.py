@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..data.design import Design, build_design
 from ..data.reduce.reduced import ReducedData
+from ..engine.blocked import DenseBlockTooLargeError
 from ..engine.deviance import ProfiledDeviance
 from ..engine.factory import make_deviance
 from ..engine.identifiability import ZERO_SHARE, identifiability
@@ -85,6 +86,21 @@ def check_scales(scaling: Scaling, names: list[str], response: str) -> None:
             )
 
 
+def build_deviance(stats, blocks: list, reml: bool, transforms) -> ProfiledDeviance:
+    """The evaluator for ``stats``; crossed factors whose dense block cannot fit in memory are refused
+    with the way out (the method of moments), before anything of that size is allocated."""
+    try:
+        return make_deviance(stats, [b.layout for b in blocks], reml, column_transforms=transforms)
+    except DenseBlockTooLargeError as exc:
+        outer = ", ".join(f"{b.name!r} ({b.n_levels:,} levels)" for b in blocks[1:])
+        raise OptionError(
+            f"The exact fit of these crossed factors factorises a dense {exc.size:,} x {exc.size:,} matrix "
+            f"for {outer} at every evaluation: about {exc.needed / 1e9:.0f} GB, more than this machine's "
+            f"{exc.available / 1e9:.0f} GB. Fit random intercepts by method='moments' (O(n), any size; "
+            "engine='duckdb' for files), or merge or drop levels."
+        ) from exc
+
+
 def deviance_stage(design: Design, reml: bool) -> tuple[ProfiledDeviance, Scaling]:
     """Stage 2: standardise the design, reduce it to sufficient statistics and build the evaluator.
 
@@ -107,7 +123,7 @@ def deviance_stage(design: Design, reml: bool) -> tuple[ProfiledDeviance, Scalin
         inv_scale=inv_scale,
     )
     stats.column_transforms = transforms  # the statistics are those of Z T already
-    return make_deviance(stats, [b.layout for b in design.blocks], reml, column_transforms=transforms), scaling
+    return build_deviance(stats, design.blocks, reml, transforms), scaling
 
 
 def identifiability_stage(deviance: ProfiledDeviance, blocks: list, response: str) -> list[str]:
@@ -238,7 +254,7 @@ def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | N
     blocks = reduced.blocks(covariance)
     transforms = [b.standardising_transform() for b in blocks]
     with single_threaded_blas(reduced.nobs):
-        deviance = make_deviance(reduced.stats, [b.layout for b in blocks], reml, column_transforms=transforms)
+        deviance = build_deviance(reduced.stats, blocks, reml, transforms)
         notes = identifiability_stage(deviance, blocks, reduced.formula.response)
         optimum = optimise_stage(deviance)
         require_finite(optimum)

@@ -67,3 +67,11 @@ def test_the_outer_block_is_sparse_and_its_cholesky_equals_the_dense_one():
     A = rng.normal(size=(40, 40))
     S = A @ A.T + 40 * np.eye(40)
     np.testing.assert_allclose(blocked._lower_cholesky_in_place(S.copy()), np.linalg.cholesky(S), atol=1e-12)
+
+
+def test_a_dense_block_beyond_memory_is_refused_with_the_way_out(monkeypatch):
+    monkeypatch.setattr(blocked, "physical_memory", lambda: 1e4)  # 10 kB: 60 x 60 doubles do not fit
+    with pytest.raises(mixedfx.errors.OptionError, match=r"dense 60 x 60 matrix for 'b' \(60 levels\).*moments"):
+        mixedfx.fit("y ~ x + (1 | a) + (1 | b)", _crossed(5))
+    nested = _crossed(5).assign(b=lambda d: d["a"] // 10)  # nested: batched blocks, no dense block
+    assert mixedfx.fit("y ~ x + (1 | a) + (1 | b)", nested).converged
