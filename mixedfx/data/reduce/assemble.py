@@ -185,6 +185,17 @@ def standardised(X: np.ndarray, y: np.ndarray, scaling: Scaling) -> tuple[np.nda
     return Xs, (y - scaling.y_shift) / scaling.y_scale
 
 
+def kept_scaling(scaling: Scaling, idx: np.ndarray) -> Scaling:
+    """The scaling of the fixed-effects columns ``idx`` (sorted) only, after aliased ones are dropped."""
+    return Scaling(
+        scaling.T[np.ix_(idx, idx)],
+        scaling.y_shift,
+        scaling.y_scale,
+        None if scaling.intercept is None else int(np.searchsorted(idx, scaling.intercept)),
+        scaling.intercept_value,
+    )
+
+
 def kept_fixed_columns(XX: np.ndarray, names: list[str]) -> list[bool]:
     """Columns kept by the rank check (as in memory), from the standardised X'X."""
     d = np.sqrt(np.maximum(np.diag(XX), 0.0))
@@ -214,13 +225,7 @@ def finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, n_missing, weighted,
         if stats.rest_ZtX is not None:
             stats.rest_ZtX = stats.rest_ZtX[:, idx]
         stats.p = len(idx)
-        scaling = Scaling(
-            scaling.T[np.ix_(idx, idx)],
-            scaling.y_shift,
-            scaling.y_scale,
-            None if scaling.intercept is None else int(np.searchsorted(idx, scaling.intercept)),
-            scaling.intercept_value,
-        )
+        scaling = kept_scaling(scaling, idx)
     moments = {}
     for name in order:
         cols = layout[name]

@@ -29,7 +29,7 @@ from ..checks import check_grouping_factor
 from ..columns import coded_as_categories
 from ..design import Design, ReBlock, model_variables
 from ..levels import LevelLabels
-from .assemble import kept_fixed_columns, standardised
+from .assemble import kept_fixed_columns, kept_scaling, standardised
 from .chunks import chunk_moments, complete_chunk, moments_to_scaling
 from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns, refuse_stateful
 from .reduced import make_blocks
@@ -136,13 +136,7 @@ def _finish(parsed, plan: ColumnPlan, table: CellTable, scaling: Scaling, nobs: 
         i, j = np.triu_indices(p)
         packed = [k for k, (a, b) in enumerate(zip(i, j)) if keep[a] and keep[b]]
         X, xx, xy = np.ascontiguousarray(X[:, idx]), xx[:, packed], xy[:, idx]
-        scaling = Scaling(
-            scaling.T[np.ix_(idx, idx)],
-            scaling.y_shift,
-            scaling.y_scale,
-            None if scaling.intercept is None else int(np.searchsorted(idx, scaling.intercept)),
-            scaling.intercept_value,
-        )
+        scaling = kept_scaling(scaling, idx)
     dropped = [n for n, k in zip(plan.fixed_names, keep) if not k]
     plan.fixed_names = [n for n, k in zip(plan.fixed_names, keep) if k]
     factors = list(table.keys)
