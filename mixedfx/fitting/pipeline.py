@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.design import Design, build_design
-from ..data.reduce.reduced import ReducedData
+from ..data.reduce.reduced import ReducedData, rowless_design
 from ..engine.blocked import DenseBlockTooLargeError
 from ..engine.deviance import ProfiledDeviance
 from ..engine.factory import make_deviance
@@ -258,21 +258,7 @@ def fit_reduced(reduced: ReducedData, reml: bool, covariance: dict[str, str] | N
         notes = identifiability_stage(deviance, blocks, reduced.formula.response)
         optimum = optimise_stage(deviance)
         require_finite(optimum)
-        design = Design(
-            formula=reduced.formula,
-            y=None,
-            X=None,
-            fixed_names=list(reduced.plan.fixed_names),
-            blocks=blocks,
-            weights=None,
-            n_missing=reduced.n_missing,
-            dropped_fixed=list(reduced.dropped_fixed),
-            row_index=None,
-            fixed_spec=reduced.plan.fixed_spec,
-            response_name=reduced.formula.response,
-            data=None,
-            n_rows=reduced.nobs,
-        )
+        design = rowless_design(reduced, blocks)
         scale = reduced.weight_scale
         record = FitRecord(design, deviance, reduced.scaling, optimum, reml, weight_scale=scale, notes=notes)
     return check_stage(record, stacklevel=4)

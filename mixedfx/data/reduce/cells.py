@@ -32,7 +32,7 @@ from ..levels import LevelLabels
 from .assemble import kept_fixed_columns, kept_scaling, standardised
 from .chunks import chunk_moments, complete_chunk, moments_to_scaling
 from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns, refuse_stateful
-from .reduced import make_blocks
+from .reduced import make_blocks, rowless_design
 from .sql import quote
 from .sqlscan import scan_files
 
@@ -70,20 +70,7 @@ class ReducedCells:
 
     def design(self) -> Design:
         """A :class:`~mixedfx.data.design.Design` without rows: names, blocks and counts for the record."""
-        return Design(
-            formula=self.formula,
-            y=None,
-            X=None,
-            fixed_names=list(self.plan.fixed_names),
-            blocks=self.blocks(),
-            weights=None,
-            n_missing=self.n_missing,
-            dropped_fixed=list(self.dropped_fixed),
-            row_index=None,
-            fixed_spec=self.plan.fixed_spec,
-            response_name=self.formula.response,
-            n_rows=self.nobs,
-        )
+        return rowless_design(self, self.blocks())
 
 
 def check_intercept_terms(plan: ColumnPlan) -> None:

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from ...engine.stats import Scaling, SufficientStats
 from ...errors import DataError
 from ...spec.formula import ParsedFormula, parse_formula, with_fixed_part
-from ..design import ReBlock, ReTerm, check_covariance_keys, check_distinct_effects, term_structure
+from ..design import Design, ReBlock, ReTerm, check_covariance_keys, check_distinct_effects, term_structure
 from ..levels import LevelLabels
 from .plan import ColumnPlan, plan_columns
 
@@ -62,6 +62,25 @@ class ReducedData:
         with open(path, "wb") as handle:  # to this exact path (np.savez would append .npz)
             np.savez_compressed(handle, **arrays)
         return path
+
+
+def rowless_design(reduced, blocks: list[ReBlock]) -> Design:
+    """A :class:`~mixedfx.data.design.Design` without rows for a reduction (:class:`ReducedData`, or
+    :class:`~mixedfx.data.reduce.cells.ReducedCells`): names, blocks and counts for the fit's record."""
+    return Design(
+        formula=reduced.formula,
+        y=None,
+        X=None,
+        fixed_names=list(reduced.plan.fixed_names),
+        blocks=blocks,
+        weights=None,
+        n_missing=reduced.n_missing,
+        dropped_fixed=list(reduced.dropped_fixed),
+        row_index=None,
+        fixed_spec=reduced.plan.fixed_spec,
+        response_name=reduced.formula.response,
+        n_rows=reduced.nobs,
+    )
 
 
 def make_blocks(
