@@ -107,6 +107,7 @@ def build_report(
 ) -> str:
     """The report as an HTML string (see :func:`write_report`; ``digits``: significant digits of the tables)."""
     fit.require_rows("The report")
+    fit.require_likelihood("The report (its LR test, EB rankings and shrinkage plots)")  # before any work
     data = fit.design.data
     block = fit.design.blocks[0] if fit.design.blocks else None
     rside = fit.rside

@@ -266,7 +266,7 @@ def test_crossed_factors_are_refused(small):
         mixedfx.fit("y ~ x + (1 | school) + (1 | rater)", d, method="ml", pweights={"": "a"})
 
 
-def test_likelihood_based_analyses_are_refused_not_faked(small):
+def test_likelihood_based_analyses_are_refused_not_faked(small, tmp_path):
     fit = _fit(small)
     with pytest.raises(OptionError, match="not available with sampling weights"):
         fit.ranef()
@@ -279,6 +279,9 @@ def test_likelihood_based_analyses_are_refused_not_faked(small):
     with pytest.raises(OptionError, match="pseudo-likelihood"):
         fit.coef_table(dfmethod="satterthwaite")
     assert np.isnan(fit.aic) and np.isnan(fit.bic)
+    with pytest.raises(OptionError, match="The report .* not available with sampling weights"):
+        fit.report(tmp_path / "never.html")
+    assert not (tmp_path / "never.html").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         population = fit.predict(level="population")
