@@ -55,6 +55,13 @@ def test_cells_equal_the_rows_in_memory(engine, repeats, tmp_path):
     _same(_fit(engine, data, tmp_path), mixedfx.fit(FORMULA, data, method="moments"))
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a)", "y ~ x + (1 | a/g)", "y ~ x + (1 | g) + (1 | a:g)"])
+def test_one_and_nested_factors_equal_the_rows(engine, formula, tmp_path):
+    data = _crossed(n=3000).assign(g=lambda d: d["b"] % 4)
+    _same(_fit(engine, data, tmp_path, formula), mixedfx.fit(formula, data, method="moments"))
+
+
 def test_repeated_rows_make_few_cells(tmp_path):
     data = _crossed(n=2000, repeats=5)
     data.to_parquet(tmp_path / "d.parquet")

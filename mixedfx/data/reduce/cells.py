@@ -126,14 +126,16 @@ def _finish(parsed, plan: ColumnPlan, table: CellTable, scaling: Scaling, nobs: 
         scaling = kept_scaling(scaling, idx)
     dropped = [n for n, k in zip(plan.fixed_names, keep) if not k]
     plan.fixed_names = [n for n, k in zip(plan.fixed_names, keep) if k]
-    factors = list(table.keys)
-    levels, codes, counts = {}, [], {}
-    for name in factors:
+    levels, coded, counts = {}, {}, {}
+    for name in table.keys:
         labels, inverse = _level_codes(table.keys[name])
         levels[name] = LevelLabels(labels)
-        codes.append(inverse)
+        coded[name] = inverse
         counts[name] = np.bincount(inverse, weights=table.n, minlength=len(labels)).astype(int)
-        check_grouping_factor(name, len(labels), 1, ["(Intercept)"], nobs)
+    factors = sorted(table.keys, key=lambda name: -len(levels[name]))  # lme4's order, as in memory
+    for name in factors:
+        check_grouping_factor(name, len(levels[name]), 1, ["(Intercept)"], nobs)
+    codes = [coded[name] for name in factors]
     cells = CellSums(multi, table.n[multi].astype(float), xx)
     response = ResponseSums(table.y, table.yy, xy)
     return ReducedCells(
