@@ -69,6 +69,36 @@ def central_hessian(
     return H
 
 
+def economical_hessian(
+    func: Callable[[np.ndarray], float], x: np.ndarray, steps: np.ndarray, free: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference gradient and Hessian of ``func`` from ``1 + 2k + k(k-1)/2`` evaluations
+    (``central_hessian`` takes ``1 + 2k^2``), for functions that are costly to evaluate.
+
+    The gradient and the diagonal are central (``f(x +- h_i e_i)``); an off-diagonal entry is
+    ``(f(x + h_i e_i + h_j e_j) - f(x + h_i e_i) - f(x + h_j e_j) + f(x)) / (h_i h_j)``, one more
+    evaluation per pair, with an O(h) error (relative ~1e-4 at the steps the Newton polish
+    takes, which changes only how fast Newton steps converge, not where to).
+    """
+    x = np.asarray(x, dtype=float)
+    idx = np.flatnonzero(free)
+    k = idx.size
+    f0 = func(x)
+    grad, H = np.empty(k), np.zeros((k, k))
+    plus = []
+    for a, i in enumerate(idx):
+        e = np.zeros_like(x)
+        e[i] = steps[i]
+        fp, fm = func(x + e), func(x - e)
+        grad[a] = (fp - fm) / (2 * steps[i])
+        H[a, a] = (fp - 2 * f0 + fm) / steps[i] ** 2
+        plus.append((e, fp))
+        for b in range(a):
+            e_b, fp_b = plus[b]
+            H[a, b] = H[b, a] = (func(x + e + e_b) - fp - fp_b + f0) / (steps[i] * steps[idx[b]])
+    return grad, H
+
+
 def hessian_from_gradient(
     gradient: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixedfx.engine.numdiff import central_hessian, hessian_from_gradient, numerical_gradient, richardson_jacobian
+from mixedfx.engine.numdiff import (
+    central_hessian,
+    economical_hessian,
+    hessian_from_gradient,
+    numerical_gradient,
+    richardson_jacobian,
+)
 
 
 def _f(x: np.ndarray) -> float:
@@ -66,3 +72,23 @@ def test_richardson_jacobian_is_exact_to_fourth_order():
     np.testing.assert_allclose(got, exact, atol=1e-9)
     only_second = richardson_jacobian(from_func, x, 1e-2, free=np.array([False, True]))
     np.testing.assert_allclose(only_second[:, 0], exact[:, 1], atol=1e-9)
+
+
+def test_economical_hessian_takes_one_evaluation_per_pair_and_is_accurate():
+    calls = []
+
+    def f(x):
+        calls.append(x.copy())
+        return np.exp(x[0]) * np.sin(x[1]) + x[0] * x[2] ** 2 + np.cos(x[2])
+
+    x = np.array([0.3, 0.8, -0.5])
+    grad, H = economical_hessian(f, x, np.full(3, 1e-4), np.ones(3, dtype=bool))
+    assert len(calls) == 1 + 2 * 3 + 3
+    exact_grad = [np.exp(0.3) * np.sin(0.8) + 0.25, np.exp(0.3) * np.cos(0.8), 2 * 0.3 * -0.5 - np.sin(-0.5)]
+    exact_H = [
+        [np.exp(0.3) * np.sin(0.8), np.exp(0.3) * np.cos(0.8), -1.0],
+        [np.exp(0.3) * np.cos(0.8), -np.exp(0.3) * np.sin(0.8), 0.0],
+        [-1.0, 0.0, 0.6 - np.cos(-0.5)],
+    ]
+    np.testing.assert_allclose(grad, exact_grad, rtol=1e-7)
+    np.testing.assert_allclose(H, exact_H, atol=5e-4)
