@@ -120,6 +120,8 @@ class CrossedDesign:
         self.levels = list(levels)
         self.K = len(codes)
         self.multi = cells if cells is not None and cells.index.size else None
+        if self.multi is not None and np.any(self.multi.n <= 1):
+            raise ValueError("CellSums lists the cells of several rows only (a row's cell needs no sums)")
         self.unit_n = None  # rows per unit; None when every unit is one row
         if self.multi is not None:
             self.unit_n = np.ones(self.n_units)

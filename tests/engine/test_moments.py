@@ -153,6 +153,9 @@ def test_cells_give_the_rows_moments_and_gls(nested):
         np.testing.assert_allclose(one, two, rtol=1e-9)
     with pytest.raises(ValueError, match="ResponseSums"):
         cells.moments(y)
+    single = CellSums(np.array([0]), np.array([1.0]), np.zeros((1, 6)))
+    with pytest.raises(ValueError, match="several rows only"):
+        CrossedDesign(X, codes, levels, single)
 
 
 def test_cell_bootstrap_draws_the_rows_distribution():
