@@ -20,7 +20,7 @@ from .analysis import moments as moments_analysis
 from .analysis.lrtest import LRTest
 from .data.conditions import evaluate_condition
 from .data.io import read_data
-from .data.reduce.cells import reduce_cells_dask, reduce_cells_duckdb
+from .data.reduce.cells import ReducedCells, reduce_cells_dask, reduce_cells_duckdb
 from .data.reduce.chunks import reduce_dask
 from .data.reduce.reduced import ReducedData
 from .data.reduce.sqlscan import reduce_duckdb
@@ -604,9 +604,21 @@ def _fit_pseudo(spec, data, engine, weights, pweights, pwscale, start, max_itera
     return result
 
 
-def fit_reduced(reduced: ReducedData, method: str = "reml", covariance: dict[str, str] | None = None) -> MixedResults:
-    """Fit a model from a :class:`~mixedfx.data.reduce.assemble.ReducedData` (no rows needed)."""
-    return MixedResults(pipeline.fit_reduced(reduced, is_reml(method), covariance))
+def fit_reduced(
+    reduced: ReducedData | ReducedCells, method: str | None = None, covariance: dict[str, str] | None = None
+) -> MixedResults | MomentsResults:
+    """Fit a model from a reduction (no rows needed).
+
+    A :class:`~mixedfx.data.reduce.reduced.ReducedData` (``reduce_duckdb``, ``reduce_dask``, ...)
+    is fitted by ``method`` ``"reml"`` (default) or ``"ml"``; a
+    :class:`~mixedfx.data.reduce.cells.ReducedCells` (``reduce_cells_duckdb``, ``reduce_cells_dask``:
+    crossed random intercepts) by the method of moments, the only method its sums serve.
+    """
+    if isinstance(reduced, ReducedCells):
+        if method not in (None, "moments") or covariance is not None:
+            raise OptionError("A reduction to cells is fitted by method='moments' (no method or covariance to choose).")
+        return MomentsResults(fit_moments_cells(reduced))
+    return MixedResults(pipeline.fit_reduced(reduced, is_reml(method or "reml"), covariance))
 
 
 def _check_glmm_options(engine: str, residuals, variance, group, start) -> None:

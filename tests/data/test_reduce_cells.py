@@ -130,3 +130,17 @@ def test_cli_fits_files_by_moments_in_duckdb(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert '"method": "moments"' in out and '"nobs": 2000' in out
+
+
+def test_a_cell_reduction_on_your_own_connection_is_fitted_by_moments(tmp_path):
+    import duckdb
+
+    from mixedfx.reduce import fit_reduced
+
+    data = _crossed(n=3000, repeats=2)
+    data.to_parquet(tmp_path / "d.parquet")
+    connection = duckdb.connect(config={"memory_limit": "256MB"})
+    cells = reduce_cells_duckdb(FORMULA, str(tmp_path / "d.parquet"), connection=connection)
+    _same(fit_reduced(cells), mixedfx.fit(FORMULA, data, method="moments"))
+    with pytest.raises(OptionError, match="fitted by method='moments'"):
+        fit_reduced(cells, method="ml")
