@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__, datasets
@@ -122,11 +123,8 @@ def _run_report(args: argparse.Namespace) -> int:
         if name is not None and name not in data.columns:
             raise DataError(f"Unknown column {name!r}.{suggest(name, map(str, data.columns))}")
     print("report: fitting the model", file=sys.stderr, flush=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = fit(args.formula, data, method=args.method, weights=args.weights)
-    for w in caught:
-        print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     path = result.report(args.output, x=args.x, time=args.time, by=args.by)
     print(f"report written to {path}", file=sys.stderr)
     return 0
@@ -150,11 +148,8 @@ def _run_stata(args: argparse.Namespace) -> int:
     for command in args.post:  # syntax errors before the fit
         parse_postestimation(command)
     data = _load(args.data)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = mixed(args.stata_command, data)
-    for w in caught:
-        print(f"mixedfx: warning: {one_line(w.message)}", file=sys.stderr)
     if args.marginsplot:
         if not args.post:
             raise OptionError("--marginsplot draws the margins of a --post command; give one.")
@@ -189,8 +184,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.method == "moments":
         return _run_moments(args)
     data = args.data if args.engine == "duckdb" else _load(args.data)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = fit(
             args.formula,
             data,
@@ -200,8 +194,6 @@ def _run_fit(args: argparse.Namespace) -> int:
             residuals=args.residuals,
             group=args.group,
         )
-    for w in caught:
-        print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(ranef=args.ranef, dfmethod=args.dfmethod), indent=2))
     else:
@@ -220,8 +212,7 @@ def _run_moments(args: argparse.Namespace) -> int:
     for flag, given in refused.items():
         if given:
             raise OptionError(f"{flag} does not apply to --method moments.")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = fit(
             args.formula,
             args.data if args.engine == "duckdb" else _load(args.data),
@@ -230,8 +221,6 @@ def _run_moments(args: argparse.Namespace) -> int:
             engine=args.engine,
             residuals=args.residuals,
         )
-    for w in caught:
-        print(f"mixedfx: warning: {w.message}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(level=args.level), indent=2))
     else:
@@ -252,11 +241,8 @@ def _run_glmm(args: argparse.Namespace) -> int:
         if given:
             raise OptionError(f"{flag} is an option of linear mixed models, not of --family {args.family}.")
     data = _load(args.data)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_stderr():
         result = fit(args.formula, data, weights=args.weights, family=args.family, link=args.link, nagq=args.nagq)
-    for w in caught:
-        print(f"mixedfx: warning: {one_line(w.message)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(ranef=args.ranef), indent=2))
     else:
@@ -265,6 +251,20 @@ def _run_glmm(args: argparse.Namespace) -> int:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@contextmanager
+def warnings_to_stderr():
+    """Warnings printed to stderr as they are raised, one line each (a slow fit's notice at its start,
+    not after it), every time (not once per place in the code)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"mixedfx: warning: {one_line(message)}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def one_line(message: str) -> str:

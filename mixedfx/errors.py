@@ -50,6 +50,10 @@ class SeparationWarning(UserWarning):
     """A fixed effect of a binary or count model diverges: the data separate the outcomes."""
 
 
+class SlowFitWarning(UserWarning):
+    """The exact fit will take long (minutes or more); a faster estimator is named."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return a ' Did you mean ...?' hint for a misspelt ``name``, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)

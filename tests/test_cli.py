@@ -134,3 +134,23 @@ def test_a_reader_that_closes_the_pipe_is_not_an_error():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert err == ""
+
+
+def test_warnings_are_printed_as_they_are_raised_one_line_each(capsys, tmp_path, monkeypatch):
+    import warnings
+
+    import mixedfx.cli as cli
+
+    seen_during_fit = []
+
+    def fit_that_warns(*args, **kwargs):
+        for _ in range(2):  # the same place twice: printed twice, each before the fit goes on
+            warnings.warn("first line\nsecond line", UserWarning, stacklevel=1)
+            seen_during_fit.append(capsys.readouterr().err)
+        return real_fit(*args, **kwargs)
+
+    real_fit = cli.fit
+    monkeypatch.setattr(cli, "fit", fit_that_warns)
+    assert main(["fit", "exam", "gcse ~ lrt_groupc + (1 | school)"]) == 0
+    assert seen_during_fit == ["mixedfx: warning: first line second line\n"] * 2
+    assert "Number of obs" in capsys.readouterr().out

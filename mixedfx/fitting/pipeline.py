@@ -19,6 +19,7 @@ structures) are compositions of these stages.
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 
 import numpy as np
@@ -33,7 +34,14 @@ from ..engine.identifiability import ZERO_SHARE, identifiability
 from ..engine.optimize import OptimumReport, minimize_deviance
 from ..engine.start import starting_point
 from ..engine.stats import Scaling, compute_stats, standardisation
-from ..errors import ConvergenceWarning, DataError, IdentifiabilityWarning, OptionError, SingularFitWarning
+from ..errors import (
+    ConvergenceWarning,
+    DataError,
+    IdentifiabilityWarning,
+    OptionError,
+    SingularFitWarning,
+    SlowFitWarning,
+)
 from ..results import FitRecord
 from ..spec.model import ModelSpec
 from .threads import single_threaded_blas
@@ -182,7 +190,7 @@ def optimise_stage(
         theta0, step_scale = starting_point(deviance, default)
     analytic = deviance.analytic_gradient
     return minimize_deviance(
-        deviance,
+        _TimedFirstEvaluation(deviance) if deviance.costly_evaluations else deviance,
         theta0,
         lower,
         upper,
@@ -194,6 +202,40 @@ def optimise_stage(
         alternatives=deviance.boundary_alternatives,
         newton_first=start is None and deviance.costly_evaluations,
     )
+
+
+#: Warn when the first evaluation of a costly deviance predicts more than this many seconds in all.
+SLOW_FIT_SECONDS = 120.0
+
+#: Evaluations a costly fit takes from its ANOVA start (Newton steps: 12-13 for two crossed factors).
+COSTLY_FIT_EVALUATIONS = 13
+
+
+class _TimedFirstEvaluation:
+    """The deviance, timing its first evaluation: where that predicts a fit of minutes, the user is
+    told at once (with the method of moments as the fast alternative) instead of waiting silently."""
+
+    def __init__(self, deviance: ProfiledDeviance):
+        self.deviance = deviance
+        self.timed = False
+
+    def __call__(self, theta: np.ndarray) -> float:
+        if self.timed:
+            return self.deviance(theta)
+        self.timed = True
+        start = time.perf_counter()
+        value = self.deviance(theta)
+        predicted = COSTLY_FIT_EVALUATIONS * (time.perf_counter() - start)
+        if predicted > SLOW_FIT_SECONDS:
+            size = self.deviance.stats.rest_ZtZ.shape[0]
+            warnings.warn(
+                f"This exact fit factorises a dense {size:,} x {size:,} matrix (the crossed factors after the "
+                f"first) at each evaluation: about {predicted / 60:.0f} minutes in all on this machine. "
+                "method='moments' estimates random intercepts in seconds at any size.",
+                SlowFitWarning,
+                stacklevel=2,
+            )
+        return value
 
 
 def require_finite(optimum: OptimumReport) -> None:

@@ -75,3 +75,19 @@ def test_a_dense_block_beyond_memory_is_refused_with_the_way_out(monkeypatch):
         mixedfx.fit("y ~ x + (1 | a) + (1 | b)", _crossed(5))
     nested = _crossed(5).assign(b=lambda d: d["a"] // 10)  # nested: batched blocks, no dense block
     assert mixedfx.fit("y ~ x + (1 | a) + (1 | b)", nested).converged
+
+
+def test_a_slow_exact_fit_says_so_at_its_first_evaluation(monkeypatch):
+    import mixedfx.fitting.pipeline as pipeline
+    from mixedfx.errors import SlowFitWarning
+
+    data = _crossed(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowFitWarning)
+        quick = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", data)  # not costly: never timed
+    monkeypatch.setattr(blocked, "COSTLY_SCHUR_SIZE", 10)
+    monkeypatch.setattr(pipeline, "SLOW_FIT_SECONDS", 0.0)
+    with pytest.warns(SlowFitWarning, match=r"dense 60 x 60 matrix.*method='moments'") as caught:
+        slow = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", data)
+    assert len([w for w in caught if w.category is SlowFitWarning]) == 1
+    assert slow.loglik == pytest.approx(quick.loglik, abs=1e-8)
