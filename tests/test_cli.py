@@ -136,7 +136,7 @@ def test_a_reader_that_closes_the_pipe_is_not_an_error():
     assert err == ""
 
 
-def test_warnings_are_printed_as_they_are_raised_one_line_each(capsys, tmp_path, monkeypatch):
+def test_warnings_are_printed_as_they_are_raised_one_line_each(capsys, monkeypatch):
     import warnings
 
     import mixedfx.cli as cli
