@@ -19,8 +19,10 @@ structures) are compositions of these stages.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,9 +235,22 @@ class _TimedFirstEvaluation:
                 f"first) at each evaluation: about {predicted / 60:.0f} minutes in all on this machine. "
                 "method='moments' estimates random intercepts in seconds at any size.",
                 SlowFitWarning,
-                stacklevel=2,
+                stacklevel=_caller_stacklevel(),
             )
         return value
+
+
+#: The package's folder: frames inside it are mixedfx's own, not the caller's.
+PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside mixedfx (the user's call),
+    however deep in the fit it is raised."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def require_finite(optimum: OptimumReport) -> None:

@@ -89,5 +89,6 @@ def test_a_slow_exact_fit_says_so_at_its_first_evaluation(monkeypatch):
     monkeypatch.setattr(pipeline, "SLOW_FIT_SECONDS", 0.0)
     with pytest.warns(SlowFitWarning, match=r"dense 60 x 60 matrix.*method='moments'") as caught:
         slow = mixedfx.fit("y ~ x + (1 | a) + (1 | b)", data)
-    assert len([w for w in caught if w.category is SlowFitWarning]) == 1
+    slow_warnings = [w for w in caught if w.category is SlowFitWarning]
+    assert len(slow_warnings) == 1 and slow_warnings[0].filename == __file__  # points at the caller
     assert slow.loglik == pytest.approx(quick.loglik, abs=1e-8)
