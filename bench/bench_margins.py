@@ -15,7 +15,6 @@ printed so their agreement can be read off.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from summary import has_lme4, machine_line, repeated, run_in_child  # noqa: E402
+from summary import has_lme4, machine_line, repeated, rscript_json, run_in_child  # noqa: E402
 
 FORMULA = "y ~ x * f + (1 | g)"
 
@@ -78,18 +77,9 @@ def _emmeans(n_rows: int, timeout: float):
     folder = Path(tempfile.mkdtemp())
     make_data(n_rows).to_csv(folder / "data.csv", index=False)
     (folder / "margins.R").write_text(R_SCRIPT)
-    try:
-        out = subprocess.run(
-            ["Rscript", str(folder / "margins.R"), str(folder / "data.csv")],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    if out.returncode != 0:
-        return "failed"
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = rscript_json(folder / "margins.R", [str(folder / "data.csv")], timeout)
+    if isinstance(res, str):
+        return res
     return res["seconds"], res["mb"], res["estimate"], res["se"]
 
 

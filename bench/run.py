@@ -15,9 +15,7 @@ and the difference in log-likelihood from mixedfx's (positive: the peer found a 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from summary import has_lme4, machine_line, repeated, run_in_child, summarise  # noqa: E402
+from summary import has_lme4, machine_line, repeated, rscript_json, run_in_child, summarise  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- cases
@@ -191,18 +189,9 @@ def _run_r(case: str, size: int, timeout: float, csv_cache: dict):
     path, factors = csv_cache[key]
     script = Path(tempfile.mkdtemp()) / "fit.R"
     script.write_text(R_SCRIPT)
-    try:
-        out = subprocess.run(
-            ["Rscript", str(script), str(path), formula, "TRUE" if reml else "FALSE", ",".join(factors)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    if out.returncode != 0:
-        return "failed"
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = rscript_json(script, [str(path), formula, "TRUE" if reml else "FALSE", ",".join(factors)], timeout)
+    if isinstance(res, str):
+        return res
     return res["seconds"], res["loglik"], res["mb"]
 
 

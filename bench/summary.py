@@ -3,12 +3,14 @@ of repeated runs (median time, first log-likelihood, peak memory)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import platform
 import shutil
 import statistics
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 
 def run_in_child(target: Callable, args: tuple, timeout: float):
@@ -24,6 +26,18 @@ def run_in_child(target: Callable, args: tuple, timeout: float):
         proc.join()
         return "timeout"
     return queue.get() if not queue.empty() else "failed"
+
+
+def rscript_json(script: Path, args: list[str], timeout: float) -> dict | str:
+    """Run an R script with ``Rscript`` and parse the JSON object on its last line of output;
+    ``"timeout"`` or ``"failed"`` instead where it does not finish or exits with an error."""
+    try:
+        out = subprocess.run(["Rscript", str(script), *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    if out.returncode != 0:
+        return "failed"
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def has_lme4() -> bool:
