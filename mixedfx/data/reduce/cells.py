@@ -24,14 +24,13 @@ import pandas as pd
 from ...engine.moments import CellSums, ResponseSums, unpack_symmetric
 from ...engine.stats import Scaling
 from ...errors import DataError, OptionError
-from ...spec.formula import ParsedFormula, expand_dot, parse_formula
+from ...spec.formula import ParsedFormula
 from ..checks import check_grouping_factor
-from ..columns import coded_as_categories
-from ..design import Design, ReBlock, model_variables
+from ..design import Design, ReBlock
 from ..levels import LevelLabels
 from .assemble import kept_fixed_columns, kept_scaling, standardised
-from .chunks import chunk_moments, complete_chunk, moments_to_scaling
-from .plan import ColumnPlan, check_reducible, cluster_keys, model_columns, plan_columns, refuse_stateful
+from .chunks import complete_chunk, scan_dask
+from .plan import ColumnPlan, cluster_keys, model_columns
 from .reduced import make_blocks, rowless_design
 from .sql import quote
 from .sqlscan import scan_files
@@ -237,41 +236,11 @@ def _combine_cells(parts: list, factors: list[str], p: int) -> CellTable:
     )
 
 
-def _plan_for_frame(formula: str, columns, dtypes) -> tuple[ParsedFormula, list[str], list[str]]:
-    """The parsed formula, its variables and those coded as categories (text, or C(...) in the formula)."""
-    parsed = parse_formula(formula)
-    check_reducible(parsed)
-    parsed = expand_dot(parsed, list(columns), [])
-    variables = model_variables(parsed, list(columns))
-    coded = coded_as_categories(parsed, columns)
-    categorical = [
-        c
-        for c in variables
-        if c in coded or not (pd.api.types.is_numeric_dtype(dtypes[c]) or pd.api.types.is_bool_dtype(dtypes[c]))
-    ]
-    return parsed, variables, categorical
-
-
 def reduce_cells_dask(formula: str, frame) -> ReducedCells:
     """Reduce a Dask DataFrame to cells by map-reduce over its partitions (uses the active Dask client)."""
     import dask
 
-    parsed, variables, categorical = _plan_for_frame(formula, frame.columns, frame.dtypes)
-    uniques = dask.compute(*[frame[c].dropna().unique() for c in categorical])
-    levels = {c: sorted(pd.Series(u).tolist()) for c, u in zip(categorical, uniques)}
-    prototype = frame.head(2000, npartitions=-1).dropna(subset=[v for v in variables if v in frame.columns])
-    plan = plan_columns(parsed, prototype, levels)
-    refuse_stateful(plan)
-    check_intercept_terms(plan)
-    parts = frame.to_delayed()
-    total_rows = dask.compute(*[dask.delayed(len)(part) for part in parts])
-    moments = [
-        m for m in dask.compute(*[dask.delayed(chunk_moments)(plan, part, None) for part in parts]) if m is not None
-    ]
-    if not moments:
-        raise DataError("No complete rows in the data.")
-    p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
-    scaling, _, _, nobs, _ = moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
-    tables = dask.compute(*[dask.delayed(_chunk_cells)(plan, part, scaling) for part in parts])
-    table = _combine_cells(list(tables), _factor_names(plan), p)
-    return _finish(parsed, plan, table, scaling, nobs, int(sum(total_rows)) - nobs)
+    scan = scan_dask(formula, frame, None, check_intercept_terms)
+    tables = dask.compute(*[dask.delayed(_chunk_cells)(scan.plan, part, scan.scaling) for part in scan.parts])
+    table = _combine_cells(list(tables), _factor_names(scan.plan), len(scan.plan.fixed_names))
+    return _finish(scan.parsed, scan.plan, table, scan.scaling, scan.nobs, scan.total_rows - scan.nobs)

@@ -3,6 +3,8 @@ by map-reduce (clusters split across partitions are summed)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -135,8 +137,25 @@ def reduce_frame(
     return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, len(data) - nobs, weights is not None, w_scale)
 
 
-def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
-    """Reduce a Dask DataFrame by map-reduce over its partitions (uses the active Dask client)."""
+@dataclass
+class DaskScan:
+    """The first passes over a Dask DataFrame: the plan of the model's columns, its partitions, their
+    row counts, and the scaling and column moments of the complete rows."""
+
+    parsed: object
+    plan: ColumnPlan
+    parts: list
+    total_rows: int
+    nobs: int
+    scaling: Scaling
+    z_mean: np.ndarray
+    z_sd: np.ndarray
+    w_scale: float
+
+
+def scan_dask(formula: str, frame, weights: str | None = None, check_plan=None) -> DaskScan:
+    """Levels of the categorical variables, the plan (``check_plan(plan)`` may refuse it), and one
+    map-reduce for the moments (uses the active Dask client)."""
     import dask
 
     parsed = parse_formula(formula)
@@ -155,6 +174,8 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
     prototype = frame.head(2000, npartitions=-1).dropna(subset=[v for v in variables if v in frame.columns])
     plan = plan_columns(parsed, prototype, levels)
     refuse_stateful(plan)
+    if check_plan is not None:
+        check_plan(plan)
     parts = frame.to_delayed()
     total_rows = dask.compute(*[dask.delayed(len)(part) for part in parts])
     moments = dask.compute(*[dask.delayed(chunk_moments)(plan, part, weights) for part in parts])
@@ -163,7 +184,28 @@ def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
         raise DataError("No complete rows in the data.")
     p, Q = len(plan.fixed_names), sum(len(t[3]) for t in plan.terms)
     scaling, z_mean, z_sd, nobs, w_scale = moments_to_scaling(plan, np.sum(moments, axis=0), p, Q)
-    results = dask.compute(*[dask.delayed(_chunk_sums)(plan, part, scaling, weights, w_scale) for part in parts])
+    return DaskScan(parsed, plan, parts, int(sum(total_rows)), nobs, scaling, z_mean, z_sd, w_scale)
+
+
+def reduce_dask(formula: str, frame, weights: str | None = None) -> ReducedData:
+    """Reduce a Dask DataFrame by map-reduce over its partitions (uses the active Dask client)."""
+    import dask
+
+    scan = scan_dask(formula, frame, weights)
+    plan, p = scan.plan, len(scan.plan.fixed_names)
+    chunk = dask.delayed(_chunk_sums)
+    results = dask.compute(*[chunk(plan, part, scan.scaling, weights, scan.w_scale) for part in scan.parts])
     sums = _combine(list(results), plan, p)
-    missing = int(sum(total_rows)) - nobs
-    return finish(parsed, plan, sums, scaling, z_mean, z_sd, nobs, missing, weights is not None, w_scale)
+    missing = scan.total_rows - scan.nobs
+    return finish(
+        scan.parsed,
+        plan,
+        sums,
+        scan.scaling,
+        scan.z_mean,
+        scan.z_sd,
+        scan.nobs,
+        missing,
+        weights is not None,
+        scan.w_scale,
+    )
