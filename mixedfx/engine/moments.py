@@ -127,7 +127,8 @@ class CrossedDesign:
             self.unit_n = np.ones(self.n_units)
             self.unit_n[self.multi.index] = self.multi.n
         self.n = self.n_units if self.unit_n is None else int(round(self.unit_n.sum()))
-        self.counts = [self._level_sums(self._ones(), k) for k in range(self.K)]
+        weights = self.unit_n  # rows per unit (None: every unit a row)
+        self.counts = [np.bincount(c, weights=weights, minlength=m).astype(float) for c, m in zip(self.codes, levels)]
         self.XtX = self.weighted_gram(np.ones(self.n_units))
         self.G = np.linalg.inv(self.XtX)  # p x p, p small: the OLS normal equations
         self._cells: dict[tuple[int, int], sp.csr_matrix] = {}
@@ -136,10 +137,6 @@ class CrossedDesign:
         self.C = self._coefficients()
 
     # ------------------------------------------------------------------ operators
-    def _ones(self) -> np.ndarray:
-        """Rows per unit (ones for rows)."""
-        return np.ones(self.n_units) if self.unit_n is None else self.unit_n
-
     def _level_sums(self, values: np.ndarray, k: int) -> np.ndarray:
         """Sums of ``values`` (units or units x q) over the units of each level of factor k."""
         codes, m = self.codes[k], self.levels[k]
@@ -234,7 +231,7 @@ class CrossedDesign:
         Per unit c (rows ``i``), ``sum_i (A_k X)_i = N_k(c) sum x - n_c S_k[c]`` (``A_e``:
         ``n sum x - n_c 1'X``), and ``X' A_k X = sum_c N_k(c) (sum x x')_c - S_k'S_k``.
         """
-        p, ones = self.p, self._ones()
+        p = self.p
         if k == self.K:
             W = self.n * self.XtX - np.outer(column_sums, column_sums)
         else:
@@ -242,7 +239,8 @@ class CrossedDesign:
         ZAX = [np.zeros((m, p)) for m in self.levels]
         for start in range(0, self.n_units, CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)
-            X, n_c = self.X[rows], ones[rows, None]
+            X = self.X[rows]
+            n_c = 1.0 if self.unit_n is None else self.unit_n[rows, None]  # rows per unit
             if k == self.K:
                 AX = self.n * X - n_c * column_sums
             else:
@@ -393,7 +391,7 @@ class CrossedDesign:
         ee[more] += rng.chisquare(extra[more])
         ee *= sigma2[-1]
         single = self.unit_n == 1
-        y = mean * self._ones()
+        y = mean * self.unit_n
         y[single] += rng.normal(scale=s_e, size=int(single.sum()))
         mu = mean[cells.index]
         y[cells.index] += z[:, 0]
