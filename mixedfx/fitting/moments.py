@@ -14,25 +14,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ..data.reduce.cells import ReducedCells
+from ..data.reduce.cells import ReducedCells, check_random_intercepts
 from ..engine.moments import CrossedDesign, MomentEstimates, NoResidualVariation
 from ..engine.stats import apply_standardisation, standardisation
 from ..errors import DataError, OptionError, SingularFitWarning
 from ..results.moments import MomentsRecord
 from ..spec.model import ModelSpec
 from .pipeline import check_scales, design_stage
-
-
-def check_intercepts_only(design) -> None:
-    """The moment engine handles random intercepts: refuse slopes and structures, naming the term."""
-    if not design.blocks:
-        raise OptionError("method='moments' needs grouping factors with random intercepts, e.g. (1 | a) + (1 | b).")
-    for block in design.blocks:
-        if list(block.names) != ["(Intercept)"]:
-            raise OptionError(
-                f"method='moments' estimates random intercepts only; the term on {block.name!r} has "
-                f"{', '.join(block.names)}. Fit random slopes by (RE)ML."
-            )
 
 
 def check_identified(C: np.ndarray, names: list[str]) -> None:
@@ -53,7 +41,7 @@ def fit_moments(spec: ModelSpec, frame: pd.DataFrame, seed: int = 0) -> MomentsR
     if not spec.residuals.is_trivial:
         raise OptionError("method='moments' cannot be combined with a residual structure.")
     design = design_stage(spec, frame)
-    check_intercepts_only(design)
+    check_random_intercepts([(b.name, b.names) for b in design.blocks])
     shift, inv_scale, scaling = standardisation(design.X, design.y, design.X_gram, design.X_scales)
     check_scales(scaling, design.fixed_names, design.response_name)
     X, y = apply_standardisation(design.X, design.y, shift, inv_scale)

@@ -72,14 +72,22 @@ class ReducedCells:
         return rowless_design(self, self.blocks())
 
 
-def check_intercept_terms(plan: ColumnPlan) -> None:
-    """The moment method estimates random intercepts: refuse a term with slopes, naming it."""
-    for _, factor, _, names, _ in plan.terms:
+def check_random_intercepts(effects: list[tuple[str, list[str]]]) -> None:
+    """The moment method estimates random intercepts: refuse a model without grouping factors, or a
+    factor with other effects, naming it.  ``effects``: (factor, its random effects' names) pairs."""
+    if not effects:
+        raise OptionError("method='moments' needs grouping factors with random intercepts, e.g. (1 | a) + (1 | b).")
+    for factor, names in effects:
         if list(names) != ["(Intercept)"]:
             raise OptionError(
-                f"method='moments' estimates random intercepts only; the term on {':'.join(factor)!r} has "
+                f"method='moments' estimates random intercepts only; the term on {factor!r} has "
                 f"{', '.join(names)}. Fit random slopes by (RE)ML."
             )
+
+
+def check_intercept_terms(plan: ColumnPlan) -> None:
+    """:func:`check_random_intercepts` on a reduction's terms, and one term per grouping factor."""
+    check_random_intercepts([(":".join(factor), names) for _, factor, _, names, _ in plan.terms])
     names = [":".join(f) for _, f, *_ in plan.terms]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
