@@ -63,7 +63,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--engine",
         default="memory",
         choices=["memory", "duckdb"],
-        help="memory (default) or duckdb: reduce Parquet/CSV files (a glob or directory) in SQL",
+        help="memory (default) or duckdb: reduce Parquet/CSV files (a glob or directory) in SQL "
+        "(per cluster; with --method moments, to cells of crossed factors)",
     )
     fit.add_argument(
         "--dfmethod", choices=["satterthwaite", "kroger"], help="t tests with Satterthwaite or Kenward-Roger df"
