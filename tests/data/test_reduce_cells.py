@@ -144,3 +144,15 @@ def test_a_cell_reduction_on_your_own_connection_is_fitted_by_moments(tmp_path):
     _same(fit_reduced(cells), mixedfx.fit(FORMULA, data, method="moments"))
     with pytest.raises(OptionError, match="fitted by method='moments'"):
         fit_reduced(cells, method="ml")
+
+
+def test_the_rank_check_sums_in_chunks(tmp_path, monkeypatch):
+    import mixedfx.data.reduce.cells as cells_module
+
+    data = _crossed(n=2000, repeats=1).assign(x2=lambda d: 3 * d["x"] - 1)
+    data.to_parquet(tmp_path / "d.parquet")
+    formula = "y ~ x + x2 + (1 | a) + (1 | b)"
+    monkeypatch.setattr(cells_module, "GRAM_CHUNK", 7)  # many chunks
+    with pytest.warns(RankDeficiencyWarning, match="x2"):
+        chunked = reduce_cells_duckdb(formula, str(tmp_path / "d.parquet"))
+    assert chunked.plan.fixed_names == ["(Intercept)", "x"] and chunked.X.shape[1] == 2

@@ -116,13 +116,26 @@ def _level_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(values, return_inverse=True)
 
 
+#: Cells per chunk when summing x x' over the cells of one row (bounds the temporaries).
+GRAM_CHUNK = 1 << 20
+
+
+def _single_row_gram(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``sum x x'`` over the cells of one row (whose sums are their row's x), in chunks of cells."""
+    out = np.zeros((x.shape[1], x.shape[1]))
+    for start in range(0, x.shape[0], GRAM_CHUNK):
+        part = x[start : start + GRAM_CHUNK]
+        part = part[n[start : start + GRAM_CHUNK] == 1]
+        out += part.T @ part
+    return out
+
+
 def _finish(parsed, plan: ColumnPlan, table: CellTable, scaling: Scaling, nobs: int, n_missing: int) -> ReducedCells:
     """Codes, level counts, the rank check of X'X (aliased columns dropped, as in memory) and the
     grouping factors' checks."""
     p = table.x.shape[1]
     multi = np.flatnonzero(table.n > 1)
-    single = table.n == 1
-    XtX = table.x[single].T @ table.x[single] + unpack_symmetric(table.xx.sum(axis=0), p)
+    XtX = _single_row_gram(table.x, table.n) + unpack_symmetric(table.xx.sum(axis=0), p)
     keep = np.array(kept_fixed_columns(XtX, plan.fixed_names))
     X, xx, xy = table.x, table.xx, table.xy
     if not keep.all():
